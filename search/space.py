@@ -1,0 +1,96 @@
+"""The search space: one function from an Optuna trial to a ``models.fit.FitConfig``.
+
+It follows the device: on a CPU it only proposes what finishes in seconds to minutes (heads on
+cached features, partial fine-tuning of the last stages on cached activations); full fine-tuning
+is proposed on CUDA, or on a CPU only when asked for. Conditional parameters are suggested only
+where they apply, so Optuna's importance and history plots stay meaningful. Testable without a
+study: ``suggest_config(optuna.trial.FixedTrial({...}), SpaceOptions(...))``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import optuna
+
+__all__ = ["SpaceOptions", "suggest_config", "default_backbones"]
+
+
+def default_backbones() -> tuple[str, ...]:
+    from models.backbones import offline_backbones
+
+    return tuple(offline_backbones())
+
+
+@dataclass(frozen=True)
+class SpaceOptions:
+    backbones: tuple[str, ...]
+    device: str = "cpu"
+    allow_full: bool = False  # full fine-tuning on a CPU: hours per trial, only on request
+    sizes: tuple[int, ...] = ()  # empty: each backbone's native size (CPU) or a ladder (GPU)
+    partial_stages: tuple[int, ...] = (5, 6)  # EfficientNet blocks from which on training resumes
+    max_aug_views: int = 3
+    has_extra: bool = False
+    modes: tuple[str, ...] = field(default=())
+
+    def __post_init__(self):
+        if not self.backbones:
+            raise ValueError("the search space needs at least one backbone with weights on this machine")
+
+    def allowed_modes(self) -> tuple[str, ...]:
+        if self.modes:
+            return self.modes
+        full = self.device.startswith("cuda") or self.allow_full
+        return ("head", "partial", "full") if full else ("head", "partial")
+
+
+def _native_size(backbone: str) -> int:
+    from models.backbones import data_config
+
+    return int(data_config(backbone)["input_size"][-1])
+
+
+def suggest_config(trial: optuna.trial.BaseTrial, options: SpaceOptions):
+    from models.fit import FitConfig
+
+    backbone = trial.suggest_categorical("backbone", list(options.backbones))
+    sizes = options.sizes
+    if not sizes:
+        native = _native_size(backbone)
+        sizes = (native,) if not options.device.startswith("cuda") else (native, native + 64)
+    image_size = trial.suggest_categorical("image_size", list(sizes)) if len(sizes) > 1 else sizes[0]
+    mode = trial.suggest_categorical("mode", list(options.allowed_modes()))
+    p: dict = {"backbone": backbone, "image_size": int(image_size), "mode": mode}
+    p["label_smoothing"] = trial.suggest_float("label_smoothing", 0.0, 0.2)
+    p["weight_decay"] = trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
+    p["class_weight"] = trial.suggest_categorical("class_weight", ["none", "balanced"])
+    if mode == "head":
+        p["head"] = trial.suggest_categorical("head", ["linear", "mlp"])
+        if p["head"] == "mlp":
+            p["hidden"] = trial.suggest_categorical("hidden", [256, 512, 1024])
+            p["dropout"] = trial.suggest_float("dropout", 0.0, 0.6)
+        p["lr"] = trial.suggest_float("lr", 1e-4, 3e-2, log=True)
+        p["epochs"] = trial.suggest_int("epochs", 10, 80, step=10)
+    elif mode == "partial":
+        p["stage"] = trial.suggest_categorical("stage", list(options.partial_stages))
+        p["lr"] = trial.suggest_float("lr", 3e-4, 1e-2, log=True)
+        p["lr_ratio"] = trial.suggest_float("lr_ratio", 1 / 9, 1 / 3, log=True)
+        p["epochs"] = trial.suggest_int("epochs", 3, 10)
+        p["dropout"] = trial.suggest_float("dropout", 0.0, 0.5)
+    else:  # full fine-tuning, the staged recipe
+        p["lr"] = trial.suggest_float("lr", 1e-4, 3e-3, log=True)
+        p["lr_ratio"] = trial.suggest_float("lr_ratio", 1 / 9, 1 / 3, log=True)
+        p["epochs"] = trial.suggest_int("epochs", 4, 30)
+        p["cycles"] = trial.suggest_int("cycles", 1, 3)
+        p["cycle_mult"] = trial.suggest_categorical("cycle_mult", [1, 2])
+        p["frozen_epochs"] = trial.suggest_int("frozen_epochs", 0, 2)
+        p["randaug_magnitude"] = trial.suggest_int("randaug_magnitude", 0, 12)
+        p["mixup"] = trial.suggest_float("mixup", 0.0, 0.4)
+        p["dropout"] = trial.suggest_float("dropout", 0.0, 0.5)
+    if mode != "full":
+        # augmentation and TTA as cached views: 0..K seeded crops, plus the mirror
+        p["train_views"] = trial.suggest_int("train_views", 0, options.max_aug_views)
+        p["tta_views"] = trial.suggest_int("tta_views", 0, options.max_aug_views)
+    p["flip"] = trial.suggest_categorical("flip", [True, False])
+    if options.has_extra:
+        p["use_extra"] = trial.suggest_categorical("use_extra", [True, False])
+    return FitConfig.from_dict(p)
