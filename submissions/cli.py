@@ -1,0 +1,20 @@
+"""Shared command-line manners: a refused input prints one clear error and exits 2, no traceback."""
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from competition.io import ArtefactError
+from submissions.validate import SubmissionError
+
+__all__ = ["run_cli"]
+
+EXPECTED_ERRORS = (SubmissionError, ArtefactError, FileNotFoundError, ValueError)
+
+
+def run_cli(run: Callable[[], int]) -> int:
+    try:
+        return run()
+    except EXPECTED_ERRORS as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
