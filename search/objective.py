@@ -95,6 +95,15 @@ class Objective:
         return manifest, train_pos.astype(int), test_pos, extra_pos
 
     def __call__(self, trial: optuna.trial.Trial) -> float:
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except Exception as exc:  # recorded on the trial (Optuna marks it FAIL), then re-raised
+            trial.set_user_attr("error", f"{type(exc).__name__}: {exc}")
+            raise
+
+    def _run(self, trial: optuna.trial.Trial) -> float:
         config = self.suggest(trial)
         spec, folds = self.study.spec, self.study.folds
         metric = get_metric(spec.metric)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ from folds.make import Study, StudyMismatch
 __all__ = ["resolve_device", "make_storage", "open_study", "read_exclusions", "ProgressCallback", "summary_table"]
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
+# Heartbeats, the retry callback and grouped TPE are marked experimental; they are what we rely on.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
 
 def resolve_device(device: str) -> str:
@@ -34,7 +37,7 @@ def make_storage(url: str | None, study_dir: Path, heartbeat: int = 10):
     Default: SQLite in the study folder, with a long busy timeout so two local workers never
     fail with "database is locked". ``journal:PATH`` selects Optuna's journal file (no heartbeats).
     """
-    retry = optuna.storages.RetryFailedTrialCallback(max_retry=2)
+    retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
     if url and url.startswith("journal:"):
         from optuna.storages.journal import JournalFileBackend
 
@@ -48,7 +51,7 @@ def make_storage(url: str | None, study_dir: Path, heartbeat: int = 10):
         engine_kwargs=engine_kwargs,
         heartbeat_interval=heartbeat,
         grace_period=max(3 * heartbeat, 2),
-        failed_trial_callback=retry,
+        heartbeat_stale_trial_callback=retry,
     )
 
 
@@ -107,8 +110,7 @@ class ProgressCallback:
         key = {optuna.trial.TrialState.COMPLETE: "complete", optuna.trial.TrialState.PRUNED: "pruned"}.get(state, "failed")
         self.counts[key] += 1
         if state == optuna.trial.TrialState.FAIL:
-            reason = trial.system_attrs.get("fail_reason", "")
-            tqdm.write(f"trial {trial.number} failed: {reason.splitlines()[-1] if reason else 'see log'}")
+            tqdm.write(f"trial {trial.number} failed: {trial.user_attrs.get('error', 'see the log above')}")
         try:
             best = f"{study.best_value:.4f} (#{study.best_trial.number})"
         except ValueError:
