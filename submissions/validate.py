@@ -137,8 +137,6 @@ def _check_columns(got: list[str], expected: list[str]) -> list[str]:
         detail.append(f"missing {missing}")
     if unexpected:
         detail.append(f"unexpected {unexpected}")
-    if any(c.startswith("\ufeff") for c in got):
-        detail.append("the file starts with a byte-order mark (save it as UTF-8 without BOM)")
     if not missing and not unexpected:
         detail.append("same names in a different order" if len(got) == len(expected) else "repeated names")
     return [
