@@ -21,6 +21,7 @@ from folds.make import StudyMismatch, prepare_study
 from search.objective import BudgetExhausted, Objective
 from search.space import SpaceOptions, default_backbones, suggest_config
 from search.study import ProgressCallback, open_study, read_exclusions, resolve_device, summary_table
+from search.workers import launch_workers, run_until_complete
 
 __all__ = ["main", "build_parser"]
 
@@ -46,7 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude-from-validation", action="store_true", help="also leave --exclude images out of CV scoring")
     p.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats (stale trials are retried)")
     p.add_argument("--no-report", action="store_true", help="skip the plots and HTML page at the end")
+    p.add_argument("--pruner", default="median", choices=["median", "none"], help="stop poor trials after two folds")
+    p.add_argument("--random-init", action="store_true", help="random backbone weights (tests and debugging only)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="local worker processes sharing the study; --trials then counts complete trials in total")
+    p.add_argument("--gpus", default=None, help="comma-separated GPU ids: one worker per GPU (CUDA_VISIBLE_DEVICES)")
+    p.add_argument("--target-complete", type=int, default=None, help=argparse.SUPPRESS)  # set for workers
     return p
+
+
+def _worker_argv(argv: list[str]) -> list[str]:
+    """The command line a worker gets: this one without --workers/--gpus."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a in ("--workers", "--gpus"):
+            skip = True
+            continue
+        if a.startswith(("--workers=", "--gpus=")):
+            continue
+        out.append(a)
+    return out
 
 
 def _demo_data(workdir: Path, seed: int, log=print) -> Path:
@@ -60,6 +83,7 @@ def _demo_data(workdir: Path, seed: int, log=print) -> Path:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     workdir = Path(args.workdir)
     if args.data is None:
@@ -77,27 +101,47 @@ def main(argv=None) -> int:
             allow_full=args.allow_full,
             modes=tuple(args.modes.split(",")) if args.modes else (),
         )
-        ostudy = open_study(study, args.storage, seed=args.seed, heartbeat=args.heartbeat)
+        ostudy = open_study(study, args.storage, seed=args.seed, heartbeat=args.heartbeat,
+                            prune=args.pruner != "none")
     except (SpecError, FoldsError, StudyMismatch, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
     start = time.time()
     deadline = start + args.timeout if args.timeout else None
-    objective = Objective(study=study, suggest=lambda t: suggest_config(t, options),
-                          cache_root=workdir / "cache", device=device, deadline=deadline,
-                          exclude_ids=exclude, exclude_from_validation=args.exclude_from_validation)
-    progress = ProgressCallback(args.trials, ostudy, deadline=deadline)
+    gpus = args.gpus.split(",") if args.gpus else None
+    n_workers = len(gpus) if gpus else args.workers
     print(f"study {study.name!r}: {len(study.folds)} train images, {study.info['k']} folds, "
           f"{len(ostudy.trials)} trials so far; device {device}; backbones {', '.join(options.backbones)}")
     interrupted = False
-    try:
-        ostudy.optimize(objective, n_trials=args.trials, timeout=args.timeout, catch=(Exception,),
-                        callbacks=[progress], gc_after_trial=True)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        progress.close()
+    if n_workers > 1 and args.target_complete is None:
+        complete = sum(t.state == optuna.trial.TrialState.COMPLETE for t in ostudy.get_trials(deepcopy=False))
+        try:
+            rc = launch_workers(_worker_argv(argv), n_workers, gpus=gpus, target=complete + args.trials)
+        except KeyboardInterrupt:
+            interrupted, rc = True, 130
+        if rc not in (0, 130):
+            print(f"a worker exited with status {rc}", file=sys.stderr)
+    else:
+        weights = "random" if args.random_init else "auto"
+        objective = Objective(study=study, suggest=lambda t: suggest_config(t, options, weights=weights),
+                              cache_root=workdir / "cache", device=device, deadline=deadline,
+                              exclude_ids=exclude, exclude_from_validation=args.exclude_from_validation)
+        total = args.trials if args.target_complete is None else args.target_complete
+        progress = ProgressCallback(total, ostudy, deadline=deadline)
+        try:
+            if args.target_complete is None:
+                ostudy.optimize(objective, n_trials=args.trials, timeout=args.timeout, catch=(Exception,),
+                                callbacks=[progress], gc_after_trial=True)
+            else:
+                run_until_complete(ostudy, objective, args.target_complete, callbacks=[progress],
+                                   poll=max(1.0, args.heartbeat / 2), deadline=deadline)
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            progress.close()
+    if args.target_complete is not None:  # a worker: the launcher prints the summary
+        return 130 if interrupted else 0
     elapsed = time.time() - start
     print(summary_table(ostudy, study))
     print(f"\n{elapsed:.0f} s; artefacts in {study.dir / 'trials'}")

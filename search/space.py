@@ -49,7 +49,7 @@ def _native_size(backbone: str) -> int:
     return int(data_config(backbone)["input_size"][-1])
 
 
-def suggest_config(trial: optuna.trial.BaseTrial, options: SpaceOptions):
+def suggest_config(trial: optuna.trial.BaseTrial, options: SpaceOptions, *, weights: str = "auto"):
     from models.fit import FitConfig
 
     backbone = trial.suggest_categorical("backbone", list(options.backbones))
@@ -59,7 +59,7 @@ def suggest_config(trial: optuna.trial.BaseTrial, options: SpaceOptions):
         sizes = (native,) if not options.device.startswith("cuda") else (native, native + 64)
     image_size = trial.suggest_categorical("image_size", list(sizes)) if len(sizes) > 1 else sizes[0]
     mode = trial.suggest_categorical("mode", list(options.allowed_modes()))
-    p: dict = {"backbone": backbone, "image_size": int(image_size), "mode": mode}
+    p: dict = {"backbone": backbone, "image_size": int(image_size), "mode": mode, "weights": weights}
     p["label_smoothing"] = trial.suggest_float("label_smoothing", 0.0, 0.2)
     p["weight_decay"] = trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
     p["class_weight"] = trial.suggest_categorical("class_weight", ["none", "balanced"])

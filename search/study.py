@@ -55,7 +55,8 @@ def make_storage(url: str | None, study_dir: Path, heartbeat: int = 10):
     )
 
 
-def open_study(study: Study, storage_url: str | None, *, seed: int = 0, heartbeat: int = 10) -> optuna.Study:
+def open_study(study: Study, storage_url: str | None, *, seed: int = 0, heartbeat: int = 10,
+               prune: bool = True) -> optuna.Study:
     """Create or continue the Optuna study; refuse one that was made on other data or folds."""
     metric = get_metric(study.spec.metric)
     storage = make_storage(storage_url, study.dir, heartbeat)
@@ -63,7 +64,7 @@ def open_study(study: Study, storage_url: str | None, *, seed: int = 0, heartbea
     # The running mean over folds is reported after each fold. A median pruner on it stops configs
     # that are clearly behind after two folds; Wilcoxon needs more paired steps than K=5 folds give
     # (its smallest one-sided p-value with 3 folds is 0.125) and would never prune here.
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=1)
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=8, n_warmup_steps=1) if prune else optuna.pruners.NopPruner()
     ostudy = optuna.create_study(study_name=study.name, storage=storage, direction=metric.direction,
                                  sampler=sampler, pruner=pruner, load_if_exists=True)
     identity = {"data_dir": str(study.data_dir), "competition": study.spec.name, "folds_hash": study.folds_hash}
