@@ -32,6 +32,7 @@ __all__ = [
     "append_row",
     "update_scores",
     "bootstrap_interval",
+    "resample_scores",
     "git_commit",
     "utc_now",
 ]
@@ -125,11 +126,7 @@ def bootstrap_interval(
     seed: int = BOOTSTRAP_SEED,
     level: float = 0.95,
 ) -> tuple[float, float, float, float]:
-    """(point, low, high, standard error) of ``metric`` over rows resampled with replacement.
-
-    Accuracy is the mean of per-row hits, so its resamples are computed in one step; other
-    metrics are recomputed on each resample.
-    """
+    """(point, low, high, standard error) of ``metric`` over rows resampled with replacement."""
     y = np.asarray(y, dtype=int)
     proba = np.asarray(proba, dtype=np.float64)
     if len(y) == 0:
@@ -137,14 +134,26 @@ def bootstrap_interval(
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, len(y), size=(n_resamples, len(y)))
     point = metric(y, proba)
-    if metric.name == "accuracy":
-        hits = (proba.argmax(1) == y).astype(np.float64)
-        stats = hits[idx].mean(axis=1)
-    else:
-        stats = np.array([metric(y[i], proba[i]) for i in idx])
+    stats = resample_scores(metric, y, proba, idx)
     alpha = (1.0 - level) / 2.0
     low, high = np.quantile(stats, [alpha, 1.0 - alpha])
     return float(point), float(low), float(high), float(stats.std(ddof=1))
+
+
+def resample_scores(metric: Metric, y: np.ndarray, proba: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """The metric on each row of resample indices ``idx`` (shape resamples × rows).
+
+    Accuracy and log loss are means of per-row values, so all resamples take one indexing step;
+    other metrics are recomputed on each resample.
+    """
+    if metric.name == "accuracy":
+        per_row = (proba.argmax(1) == y).astype(np.float64)
+    elif metric.name == "log_loss":
+        p = np.clip(proba, 1e-15, 1.0)  # as competition.metrics does before sklearn's log_loss
+        per_row = -np.log(p[np.arange(len(y)), y] / p.sum(1))
+    else:
+        return np.array([metric(y[i], proba[i]) for i in idx])
+    return per_row[idx].mean(axis=1)
 
 
 def git_commit(cwd: str | os.PathLike | None = None) -> str:

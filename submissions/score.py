@@ -188,11 +188,7 @@ def _diff_interval(y, p, pub, priv, metric: Metric, n: int = ledger_mod.BOOTSTRA
     yp, pp, yq, pq = y[pub], p[pub], y[priv], p[priv]
     ip = rng.integers(0, len(yp), size=(n, len(yp)))
     iq = rng.integers(0, len(yq), size=(n, len(yq)))
-    if metric.name == "accuracy":
-        hp, hq = (pp.argmax(1) == yp).astype(float), (pq.argmax(1) == yq).astype(float)
-        diffs = hp[ip].mean(1) - hq[iq].mean(1)
-    else:
-        diffs = np.array([metric(yp[a], pp[a]) - metric(yq[b], pq[b]) for a, b in zip(ip, iq)])
+    diffs = ledger_mod.resample_scores(metric, yp, pp, ip) - ledger_mod.resample_scores(metric, yq, pq, iq)
     lo, hi = np.quantile(diffs, [0.025, 0.975])
     return float(lo), float(hi)
 
