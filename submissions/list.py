@@ -22,14 +22,14 @@ import numpy as np
 import pandas as pd
 
 from competition.io import ArtefactError, read_probabilities
-from submissions.cli import run_cli
+from submissions.cli import HelpFormatter, run_cli
 from submissions.ledger import ledger_path, read_ledger
 from submissions.make import resolve_file_ref
 from submissions.plots import format_ledger, publish_ledger, sort_ledger
 from submissions.study import Study, load_study
 from submissions.validate import read_submission
 
-__all__ = ["Pick", "pick_finals", "test_disagreement", "oof_error_correlation", "format_picks", "main"]
+__all__ = ["Pick", "pick_finals", "label_disagreement", "oof_error_correlation", "format_picks", "main"]
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class _Predictions:
         return self._oof[key]
 
 
-def test_disagreement(a: pd.Series, b: pd.Series) -> float:
+def label_disagreement(a: pd.Series, b: pd.Series) -> float:
     """Share of shared test ids whose predicted labels differ."""
     joined = pd.concat([a.rename("a"), b.rename("b")], axis=1, join="inner")
     return float((joined["a"] != joined["b"]).mean()) if len(joined) else float("nan")
@@ -164,8 +164,9 @@ def _next_pick(picks: list[Pick], remaining: list[dict], se: float, preds: _Pred
     sign = -1.0 if greater else 1.0
     r, dis, corr = min(diverse, key=lambda s: sign * s[0]["cv_mean"])
     gap = r["cv_mean"] - best_cv
+    others = "the first pick" if len(picks) == 1 else "the picks so far"
     reason = (f"{len(within)} submission(s) within one SE ({se:.4f}) of the best CV; of the {len(diverse)} whose "
-              f"{measure} with the picks so far, the best CV: {_cv_text(r)} ({gap:+.4f} from the best)"
+              f"{measure} with {others}, the best CV: {_cv_text(r)} ({gap:+.4f} from the best)"
               f"{_diversity_text(dis, corr)}")
     return Pick(r, reason, dis, corr)
 
@@ -175,7 +176,7 @@ def _diversity(row: dict, picks: list[Pick], preds: _Predictions) -> tuple[float
     dis, corr = [], []
     for p in picks:
         a, b = preds.test_labels(row), preds.test_labels(p.row)
-        dis.append(test_disagreement(a, b) if a is not None and b is not None else np.nan)
+        dis.append(label_disagreement(a, b) if a is not None and b is not None else np.nan)
         ea, eb = preds.oof_errors(row), preds.oof_errors(p.row)
         corr.append(oof_error_correlation(ea, eb) if ea is not None and eb is not None else np.nan)
     return float(np.min(dis)), float(np.max(corr))
@@ -223,7 +224,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m submissions.list",
         description="Print the submission ledger (best CV first) and recommend final submissions.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--study", default="demo", help="study name")
     parser.add_argument("--workdir", default="runs", help="work folder holding the studies")

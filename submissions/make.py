@@ -23,7 +23,7 @@ import pandas as pd
 from competition.io import ArtefactError, atomic_path, sha256_file, write_probabilities
 from competition.metrics import get_metric
 from submissions import ledger as ledger_mod
-from submissions.cli import run_cli
+from submissions.cli import HelpFormatter, run_cli
 from submissions.study import Source, SourceError, Study, check_source, load_study, resolve_source
 from submissions.validate import MAX_EXAMPLES, examples, id_hint, validate_submission
 
@@ -190,14 +190,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m submissions.make",
         description="Write the competition's submission CSV from the best (or a named) source.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--study", default="demo", help="study name")
     parser.add_argument("--workdir", default="runs", help="work folder holding the studies")
     parser.add_argument("--from", dest="source", default="auto",
                         help="auto | ensemble | trial | ensemble:<name> | trial:<n>")
     parser.add_argument("--out", default=None,
-                        help="output CSV (default runs/<study>/submissions/<study>_<source>_<timestamp>.csv)")
+                        help="output CSV; by default <workdir>/<study>/submissions/<study>_<source>_<timestamp>.csv")
     args = parser.parse_args(argv)
 
     def run() -> int:

@@ -22,7 +22,7 @@ import pandas as pd
 from competition.io import ArtefactError, read_probabilities, sha256_file
 from competition.metrics import Metric
 from submissions import ledger as ledger_mod
-from submissions.cli import run_cli
+from submissions.cli import HelpFormatter, run_cli
 from submissions.study import Study, load_study
 from submissions.validate import SubmissionError, examples, label_key, read_submission, validate_submission
 
@@ -233,7 +233,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m submissions.score",
         description="Score a submission against known labels (public, private, all) beside its CV.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("file", help="submission CSV")
     parser.add_argument("--labels", required=True, help="CSV with id, label[, split] (e.g. the demo's test_labels.csv)")
