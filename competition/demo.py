@@ -108,7 +108,7 @@ def _luma(c: tuple[int, int, int]) -> float:
     return 0.299 * c[0] + 0.587 * c[1] + 0.114 * c[2]
 
 
-def _contrasting(rng: np.random.Generator, against, pick: Callable, min_diff: float = 70):
+def _contrasting(rng: np.random.Generator, against, pick: Callable, min_diff: float = 50):
     """Draw colours with ``pick`` until one differs in brightness from ``against``."""
     colour = pick(rng)
     for _ in range(12):
@@ -474,8 +474,8 @@ def _camera(rng: np.random.Generator, img: Image.Image) -> Image.Image:
     img = ImageEnhance.Brightness(img).enhance(rng.uniform(0.75, 1.2))
     img = ImageEnhance.Contrast(img).enhance(rng.uniform(0.7, 1.2))
     img = ImageEnhance.Color(img).enhance(rng.uniform(0.6, 1.3))
-    if rng.random() < 0.35:
-        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 1.5)))
+    if rng.random() < 0.45:
+        img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.4, 2.0)))
     sigma = rng.uniform(0, 9)
     if sigma > 1:
         arr = np.asarray(img, np.float32) + rng.normal(0, sigma, (img.height, img.width, 1))
@@ -494,12 +494,33 @@ def render_image(cls: int, rng: np.random.Generator, image_size: int | None = No
         w = h = int(image_size)
     img = _background(rng, w, h)
     _clutter(rng, img)
+    if rng.random() < 0.4:  # another hero's small logo in the background, as on real photos
+        other = int(rng.integers(len(CLASSES)))
+        small = _emblem(other, rng, _emblem_colours(rng, other, (128, 128, 128)),
+                        int(rng.uniform(0.15, 0.3) * min(w, h)))
+        img.paste(small, (int(rng.uniform(-0.1, 0.9) * w), int(rng.uniform(-0.1, 0.9) * h)), small)
     colour, (x0, y0, x1, y1) = _product(rng, img)
-    side = float(np.clip(min(x1 - x0, y1 - y0) * rng.uniform(0.85, 1.15), 0.34 * min(w, h), 0.72 * min(w, h)))
+    side = float(np.clip(min(x1 - x0, y1 - y0) * rng.uniform(0.8, 1.15), 0.26 * min(w, h), 0.72 * min(w, h)))
     emblem = _emblem(cls, rng, _emblem_colours(rng, cls, colour), int(side))
     cx, cy = (x0 + x1) / 2 + rng.normal(0, 0.03 * w), (y0 + y1) / 2 + rng.normal(0, 0.03 * h)
     img.paste(emblem, (int(cx - emblem.width / 2), int(cy - emblem.height / 2)), emblem)
+    if rng.random() < 0.35:  # something in front: a hand, a price tag, a fold
+        _occlude(rng, img, (cx, cy), side)
     return _camera(rng, img), int(rng.integers(55, 96))
+
+
+def _occlude(rng: np.random.Generator, img: Image.Image, centre, side: float) -> None:
+    """Cover up to about a third of the emblem with one opaque shape from one side."""
+    angle = rng.uniform(0, 2 * np.pi)
+    r = side * rng.uniform(0.35, 0.55)
+    ox, oy = centre[0] + math.cos(angle) * side * 0.75, centre[1] + math.sin(angle) * side * 0.75
+    box = [ox - r, oy - r * rng.uniform(0.6, 1.4), ox + r, oy + r * rng.uniform(0.6, 1.4)]
+    d = ImageDraw.Draw(img)
+    colour = _random_colour(rng)
+    if rng.random() < 0.5:
+        d.ellipse(box, fill=colour)
+    else:
+        d.rounded_rectangle(box, radius=int(r / 4), fill=colour)
 
 
 # --------------------------------------------------------------------------------------------
