@@ -110,14 +110,19 @@ def cv_summary(study: Study, source: Source) -> dict:
 
 
 def default_out(study: Study, source: Source, when: datetime | None = None) -> Path:
+    """``<study>_<source>_<timestamp>.csv``, reserved by creating it empty (so two makes in one
+    second keep both files); the caller replaces it, or removes it when the make fails."""
     stamp = (when or datetime.now(timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
     tag = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{source.kind}-{source.name}")
-    path = study.submissions_dir / f"{study.name}_{tag}_{stamp}.csv"
-    n = 2
-    while path.exists():  # two makes in one second keep both files
-        path = path.with_name(f"{study.name}_{tag}_{stamp}-{n}.csv")
-        n += 1
-    return path
+    study.submissions_dir.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 1000):
+        path = study.submissions_dir / f"{study.name}_{tag}_{stamp}{'' if n == 1 else f'-{n}'}.csv"
+        try:
+            with open(path, "x"):
+                return path
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free file name for {study.name}_{tag}_{stamp}*.csv")
 
 
 def proba_path_for(out: Path) -> Path:
@@ -139,12 +144,17 @@ def make_submission(study: Study, choice: str = "auto", out: str | os.PathLike |
     source, reason = resolve_source(study, choice)
     submission, proba = build_submission(study, source)
     cv = cv_summary(study, source)
-    out = Path(out) if out else default_out(study, source)
-
-    with atomic_path(out) as tmp:
-        submission.to_csv(tmp, index=False)
-        # Check the bytes that will be handed in, not only the frame they came from.
-        validate_submission(tmp, study.sample, study.submission_labels, study.id_column, study.label_column)
+    reserved = out is None
+    out = default_out(study, source) if reserved else Path(out)
+    try:
+        with atomic_path(out) as tmp:
+            submission.to_csv(tmp, index=False)
+            # Check the bytes that will be handed in, not only the frame they came from.
+            validate_submission(tmp, study.sample, study.submission_labels, study.id_column, study.label_column)
+    except BaseException:
+        if reserved and out.exists() and out.stat().st_size == 0:
+            out.unlink()
+        raise
     proba_path = proba_path_for(out)
     write_probabilities(proba_path, submission[study.id_column].tolist(), proba, study.classes)
 

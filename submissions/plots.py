@@ -50,7 +50,7 @@ def format_ledger(ledger: pd.DataFrame, greater_is_better: bool = True) -> str:
 def plot_cv_vs_board(ledger: pd.DataFrame, path: Path, metric: str = "score") -> Path | None:
     """Write the PNG when at least one row has a public or private score; else return None."""
     scored = ledger[ledger["public_score"].notna() | ledger["private_score"].notna()]
-    scored = scored[scored["cv_mean"].notna()]
+    scored = scored[scored["cv_mean"].notna()].drop_duplicates("sha256")
     if scored.empty:
         return None
     import matplotlib

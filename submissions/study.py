@@ -51,7 +51,8 @@ class Study:
 
     @property
     def submission_labels(self) -> list[str]:
-        return list(self.spec["submission_labels"])
+        """The contest's spelling of each class; an empty list in the spec means the class names."""
+        return list(self.spec.get("submission_labels") or self.spec["classes"])
 
     @property
     def label_of(self) -> dict[str, str]:
@@ -124,11 +125,10 @@ def load_study(workdir: str | os.PathLike = "runs", study: str = "demo") -> Stud
             raise FileNotFoundError(f"{study_dir / name} is missing: run the earlier steps of the study first")
     spec = read_json(study_dir / "competition.json")
     folds = read_json(study_dir / "folds.json")
-    missing = [k for k in ("classes", "submission_labels", "sample_submission", "id_column", "label_column", "metric")
-               if k not in spec]
+    missing = [k for k in ("classes", "sample_submission", "id_column", "label_column", "metric") if not spec.get(k)]
     if missing:
         raise ArtefactError(f"{study_dir / 'competition.json'} lacks {missing}")
-    if len(spec["classes"]) != len(spec["submission_labels"]):
+    if spec.get("submission_labels") and len(spec["classes"]) != len(spec["submission_labels"]):
         raise ArtefactError(
             f"{study_dir / 'competition.json'}: {len(spec['classes'])} classes but "
             f"{len(spec['submission_labels'])} submission labels"

@@ -108,8 +108,8 @@ def validate_submission(
     problems: list[str] = []
     columns = [str(c) for c in df.columns]
     problems += _check_columns(columns, [str(c) for c in sample_df.columns])
-    if id_column not in columns:
-        raise SubmissionError(problems)  # without ids nothing else can be checked
+    if id_column not in columns or len(set(columns)) != len(columns):
+        raise SubmissionError(problems)  # without one id column nothing else can be checked
 
     cells = {c: df[c].map(_text) for c in (id_column, label_column) if c in columns}
     problems += _check_empty(cells)

@@ -1,4 +1,5 @@
 """make: the right source, the contest's format, and never an invalid file on disk."""
+import json
 import os
 from pathlib import Path
 
@@ -117,6 +118,14 @@ def test_broken_probabilities_never_write_a_file(synth, tmp_path):
     assert not out.exists()
 
 
+def test_two_makes_in_one_second_keep_both_files(synth):
+    add_source(synth, "trial", "0", accuracy=0.7, seed=1)
+    study = load_study(synth.workdir, synth.name)
+    first, second = make_submission(study, "auto"), make_submission(study, "auto")
+    assert first.path != second.path and first.path.exists() and second.path.exists()
+    assert first.row["sha256"] == second.row["sha256"]
+
+
 def test_ledger_row_records_source_cv_and_interval(synth):
     add_source(synth, "ensemble", "mean", accuracy=0.8, seed=1, components=["0", "1"])
     study = load_study(synth.workdir, synth.name)
@@ -165,3 +174,12 @@ def test_real_cax_layout(tmp_path):
     assert sub["filename"].tolist() == fmt["filename"].tolist()
     assert set(sub["Superhero"]) <= set(CAX_LABELS)
     validate_submission(made.path, study.sample, CAX_LABELS, "filename", "Superhero")
+
+
+def test_empty_submission_labels_mean_class_names(synth):
+    spec = read_json(synth.dir / "competition.json")
+    spec["submission_labels"] = []
+    (synth.dir / "competition.json").write_text(json.dumps(spec))
+    add_source(synth, "trial", "0", accuracy=0.7, seed=1)
+    made = make_submission(load_study(synth.workdir, synth.name), "auto")
+    assert set(pd.read_csv(made.path)["Superhero"]) <= set(synth.classes)

@@ -89,6 +89,12 @@ def test_invalid_submission_is_refused_with_its_reason(corrupt, message):
         validate_submission(corrupt(good()), SAMPLE, ALLOWED, ID, LABEL)
 
 
+def test_repeated_column_names_are_refused():
+    df = pd.concat([good(), good()[[LABEL]]], axis=1)
+    with pytest.raises(SubmissionError, match=r"\(3\) but the sample has .*repeated names"):
+        validate_submission(df, SAMPLE, ALLOWED, ID, LABEL)
+
+
 def test_valid_submission_passes_from_frame_and_file(tmp_path):
     validate_submission(good(), SAMPLE, ALLOWED, ID, LABEL)
     path = tmp_path / "sub.csv"
