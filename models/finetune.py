@@ -385,7 +385,7 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
     ``X``: uint8 images ``[N, H, W, 3]`` (e.g. from ``models.images.DecodedCache``) or image paths.
 
     The run: an optional LR range test (when ``lr`` is None, its suggestion becomes ``lr_``);
-    ``freeze_epochs`` epochs training only the new head; then ``epochs`` epochs with every layer
+    ``frozen_epochs`` epochs training only the new head; then ``epochs`` epochs with every layer
     trainable, layer groups (``n_groups``, from timm's ``group_matcher``) at
     ``lr * lr_ratio ** k`` for the k-th group below the head, under timm's ``CosineLRScheduler``
     with ``cycles`` warm restarts whose length grows by ``cycle_mult``.
@@ -406,9 +406,10 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
     def __init__(self, backbone: str = "efficientnet_lite0", *, weights: str = "auto",
                  weights_checkpoint: str | None = None, image_size: int = 224,
                  lr: float | None = 1e-3, lr_ratio: float = 1 / 3, n_groups: int = 3,
-                 weight_decay: float = 1e-2, epochs: int = 5, freeze_epochs: int = 1,
+                 weight_decay: float = 1e-2, epochs: int = 5, frozen_epochs: int = 1,
                  cycles: int = 1, cycle_mult: float = 1.0, warmup_frac: float = 0.05,
-                 aug: str = "rand", mixup: float = 0.0, cutmix: float = 0.0,
+                 aug: str = "rand", randaug_magnitude: int = 9, crop_pct: float | None = None,
+                 mixup: float = 0.0, cutmix: float = 0.0,
                  label_smoothing: float = 0.1, class_weight=None, drop_rate: float = 0.2,
                  batch_size: int = 32, micro_batch_size: int | None = None,
                  ema: bool = False, ema_decay: float = 0.999, amp="auto",
@@ -426,11 +427,13 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
         self.n_groups = n_groups
         self.weight_decay = weight_decay
         self.epochs = epochs
-        self.freeze_epochs = freeze_epochs
+        self.frozen_epochs = frozen_epochs
         self.cycles = cycles
         self.cycle_mult = cycle_mult
         self.warmup_frac = warmup_frac
         self.aug = aug
+        self.randaug_magnitude = randaug_magnitude
+        self.crop_pct = crop_pct
         self.mixup = mixup
         self.cutmix = cutmix
         self.label_smoothing = label_smoothing
@@ -457,11 +460,11 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
     def _validate_params(self) -> None:
         if self.aug not in AUGMENTATIONS:
             raise ValueError(f"aug must be one of {AUGMENTATIONS}; got {self.aug!r}")
-        for name in ("epochs", "freeze_epochs"):
+        for name in ("epochs", "frozen_epochs"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"{name} must be >= 0; got {getattr(self, name)}")
-        if int(self.epochs) + int(self.freeze_epochs) < 1:
-            raise ValueError("epochs + freeze_epochs must be >= 1")
+        if int(self.epochs) + int(self.frozen_epochs) < 1:
+            raise ValueError("epochs + frozen_epochs must be >= 1")
         for name in ("batch_size", "cycles", "image_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1; got {getattr(self, name)}")
@@ -512,24 +515,27 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
             return dict(resolve_data_config({}, model=model))
 
     def _transforms(self, cfg: dict):
+        """(train, eval) PIL transforms. Eval is timm's: shorter side to size / crop_pct, centre
+        crop ``image_size`` (a pure crop of a square decoded at that size)."""
         import timm.data
         from torchvision import transforms as T
 
         size = int(self.image_size)
         interp = cfg.get("interpolation", "bilinear")
-        normalize = [T.ToTensor(), T.Normalize(cfg["mean"], cfg["std"])]
-        resize = T.Resize((size, size), interpolation=_interp(interp), antialias=True)
-        evaluate = T.Compose([resize, *normalize])
+        crop_pct = float(self.crop_pct or cfg.get("crop_pct") or 1.0)
+        evaluate = timm.data.create_transform(size, is_training=False, crop_pct=crop_pct,
+                                              interpolation=interp, mean=cfg["mean"],
+                                              std=cfg["std"])
         if self.aug == "none":
-            train = evaluate
-        elif self.aug == "flip":
-            train = T.Compose([resize, T.RandomHorizontalFlip(), *normalize])
-        else:
-            train = timm.data.create_transform(
-                size, is_training=True, scale=(0.5, 1.0) if self.aug == "light" else (0.3, 1.0),
-                hflip=0.5, color_jitter=0.0 if self.aug == "light" else 0.3,
-                auto_augment="rand-m9-mstd0.5" if self.aug == "rand" else None,
-                interpolation=interp, mean=cfg["mean"], std=cfg["std"])
+            return evaluate, evaluate
+        if self.aug == "flip":
+            return T.Compose([T.RandomHorizontalFlip(), evaluate]), evaluate
+        rand = self.aug == "rand" and int(self.randaug_magnitude) > 0
+        train = timm.data.create_transform(
+            size, is_training=True, scale=(0.5, 1.0) if self.aug == "light" else (0.25, 1.0),
+            hflip=0.5, color_jitter=0.0 if self.aug == "light" else 0.3,
+            auto_augment=f"rand-m{int(self.randaug_magnitude)}-mstd0.5" if rand else None,
+            interpolation=interp, mean=cfg["mean"], std=cfg["std"])
         return train, evaluate
 
     def _loader(self, images, labels, transform, *, shuffle: bool, batch_size: int,
@@ -694,7 +700,7 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
             batch = max(2, batch - batch % 2)
         steps_per_epoch = len(images) // batch if mixup else math.ceil(len(images) / batch)
         steps_per_epoch = max(1, steps_per_epoch)
-        n_frozen, n_total = int(self.freeze_epochs), int(self.freeze_epochs) + int(self.epochs)
+        n_frozen, n_total = int(self.frozen_epochs), int(self.frozen_epochs) + int(self.epochs)
         self.micro_batch_size_ = int(self.micro_batch_size or batch)
         self.oom_events_, self.oom_log_, self.history_ = 0, [], []
         start_epoch = 0
@@ -793,7 +799,7 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
         """LR range test on a fresh model: raise the rate exponentially from ``start_lr`` to
         ``end_lr`` over ``num_steps`` batches, smoothing the loss; stop when it diverges.
 
-        It sweeps the phase the run starts in (head only when ``freeze_epochs > 0``, else every
+        It sweeps the phase the run starts in (head only when ``frozen_epochs > 0``, else every
         layer group at its discriminative share). The model is thrown away afterwards.
         """
         if not 0 < start_lr < end_lr:
@@ -808,7 +814,7 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
         channels_last = self._use_channels_last(device)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
-        phase = "frozen" if int(self.freeze_epochs) > 0 else "unfrozen"
+        phase = "frozen" if int(self.frozen_epochs) > 0 else "unfrozen"
         self._set_frozen(model, phase == "frozen")
         opt = self._phase_optimizer(model, phase, start_lr)
         base = [g["lr"] / start_lr for g in opt.param_groups]  # each group's share of the top lr
@@ -897,8 +903,3 @@ def _suggest(lrs, smooth, raw, start_lr) -> LRFindResult:
                         [float(v) for v in raw], suggestion, float(steepest))
 
 
-def _interp(name: str):
-    from torchvision.transforms import InterpolationMode
-
-    return {"bicubic": InterpolationMode.BICUBIC, "bilinear": InterpolationMode.BILINEAR,
-            "nearest": InterpolationMode.NEAREST}.get(str(name), InterpolationMode.BILINEAR)

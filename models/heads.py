@@ -27,6 +27,7 @@ __all__ = [
 
 HEAD_KINDS = ("linear", "mlp")
 SCHEDULES = ("cosine", "onecycle", "constant")
+MIN_STEPS = 8  # optimiser steps per epoch at least
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -131,7 +132,9 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
     ----------
     kind : "linear" or "mlp" (one hidden layer of width ``hidden``, GELU, dropout).
     hidden, dropout : MLP width and the dropout after its hidden layer (unused by "linear").
-    lr, weight_decay, epochs, batch_size : AdamW settings; an epoch is one pass over every view.
+    lr, weight_decay, epochs : AdamW settings; an epoch is one pass over every view.
+    batch_size : rows per step at most; fits of under ``8 * batch_size`` rows use smaller
+        batches so that every epoch has 8 steps.
     schedule : "cosine" (with 5% warmup), "onecycle" or "constant", stepped per batch.
     label_smoothing : cross-entropy label smoothing.
     class_weight : None, "balanced" or an array with one weight per class.
@@ -211,7 +214,9 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.weight_decay},
                                  {"params": no_decay, "weight_decay": 0.0}], lr=self.lr)
         rows = x.shape[0]
-        batch = min(int(self.batch_size), rows)
+        # Small fits take smaller batches: an epoch of at least MIN_STEPS steps keeps AdamW's
+        # step count (and so what lr and epochs mean) from collapsing on a few hundred rows.
+        batch = max(1, min(int(self.batch_size), math.ceil(rows / MIN_STEPS)))
         steps_per_epoch = math.ceil(rows / batch)
         sched = make_schedule(opt, steps_per_epoch * int(self.epochs), self.schedule)
         loss_fn = nn.CrossEntropyLoss(
@@ -251,8 +256,9 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         for view in views:
             x = torch.as_tensor(np.asarray(view), dtype=torch.float32)
             x = ((x - self.mean_) / self.scale_).to(device)
-            probs.append(torch.softmax(self.model_(x).float(), dim=1).cpu().numpy())
-        return np.mean(probs, axis=0).astype(np.float64)
+            probs.append(torch.softmax(self.model_(x).float(), dim=1).cpu().numpy()
+                         .astype(np.float64))
+        return np.mean(probs, axis=0)
 
     def predict(self, X) -> np.ndarray:
         return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
