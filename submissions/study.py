@@ -155,7 +155,8 @@ def list_sources(study: Study) -> list[Source]:
 def resolve_source(study: Study, choice: str = "auto") -> tuple[Source, str]:
     """Pick the source named by ``--from`` and say why.
 
-    ``auto``: the best CV among all sources; ``ensemble`` / ``trial``: the best of that kind;
+    ``auto``: the best CV among all sources; ``trial``: the best trial; ``ensemble``: the ensemble
+    that ``ensemble.build`` marked ``chosen`` in its meta, else the best ensemble;
     ``ensemble:<name>`` / ``trial:<n>``: that one. Only sources on the study's folds, classes
     and metric compete on CV; a named source must be on the study's folds and classes.
     """
@@ -172,6 +173,10 @@ def resolve_source(study: Study, choice: str = "auto") -> tuple[Source, str]:
         return found[0], f"{found[0].ref} as asked"
 
     pool = [s for s in sources if kind == "auto" or s.kind == kind]
+    if kind == "ensemble" and any(s.meta.get("chosen") for s in pool):
+        # ensemble.build marks the stacker it chose (the simplest within one SE of the best):
+        # `--from ensemble` follows that choice; `--from auto` still takes the best CV.
+        pool = [s for s in pool if s.meta.get("chosen")]
     comparable, skipped = [], []
     for s in pool:
         why = _incomparable(study, s)
@@ -188,8 +193,11 @@ def resolve_source(study: Study, choice: str = "auto") -> tuple[Source, str]:
     )
     best = ranked[0]
     runner = f", next {ranked[1].ref} {ranked[1].score:.4f}" if len(ranked) > 1 else ""
+    what = {"auto": "sources", "trial": "trials"}.get(kind, "ensembles")
+    if kind == "ensemble" and any(s.meta.get("chosen") for s in comparable):
+        what = "ensembles marked chosen by ensemble.build"
     why = (f"best CV {metric.name} {best.score:.4f} ± {best.meta.get('score_std', float('nan')):.4f} "
-           f"of {len(comparable)} {kind if kind != 'auto' else 'source'}s{runner}")
+           f"of {len(comparable)} {what}{runner}")
     if skipped:
         why += f"; skipped {len(skipped)} not comparable ({'; '.join(skipped[:5])})"
     return best, why

@@ -118,6 +118,7 @@ def add_source(
     metric: str | None = None,
     components: Sequence[str] | None = None,
     write_meta: bool = True,
+    extra_meta: dict | None = None,
 ) -> Path:
     """Write ``trials/<name>/`` or ``ensemble/<name>/`` with fold scores computed from the OOF."""
     rng = np.random.default_rng(seed)
@@ -146,6 +147,7 @@ def add_source(
     }
     if kind == "ensemble":
         meta["components"] = list(components or [])
+    meta.update(extra_meta or {})
     if write_meta:
         atomic_write_json(folder / "meta.json", meta)
     return folder

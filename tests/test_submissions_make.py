@@ -75,6 +75,15 @@ def test_from_kind_and_named_source(synth):
         resolve_source(study, "best")
 
 
+def test_from_ensemble_follows_the_stacker_ensemble_build_chose(synth):
+    add_source(synth, "ensemble", "lgbm", accuracy=0.9, seed=1, extra_meta={"chosen": False})
+    add_source(synth, "ensemble", "mean", accuracy=0.7, seed=2, extra_meta={"chosen": True})
+    study = load_study(synth.workdir, synth.name)
+    source, why = resolve_source(study, "ensemble")
+    assert source.ref == "ensemble:mean" and "marked chosen" in why
+    assert resolve_source(study, "auto")[0].ref == "ensemble:lgbm"
+
+
 def test_incomplete_source_without_meta_is_ignored(synth):
     add_source(synth, "trial", "0", accuracy=0.6, seed=1)
     add_source(synth, "trial", "1", accuracy=0.99, seed=2, write_meta=False)
