@@ -642,7 +642,7 @@ def _is_own(name: str) -> bool:
 
 
 def _existing_demo(out: Path, params: dict) -> dict | None:
-    """The summary of a complete demo with these parameters at ``out``, if there is one.
+    """The completion marker of a demo with these parameters at ``out``, if there is one.
 
     Raises DemoError if ``out`` holds anything that is not a demo; clears an incomplete or
     different demo so it can be written afresh.
@@ -700,7 +700,7 @@ def make_demo(
     params = _params(int(seed), int(n_train), int(n_test), image_size)
     done = _existing_demo(out, params)
     if done is not None:
-        return {**done, "generated": False}
+        return {**_summary(out, done), "generated": False}
 
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -730,26 +730,33 @@ def make_demo(
     }))
     atomic_write_json(out / PLANTED_FILE, planted)
     counts = {cls: sum(f.filed_class == k for f in train) for k, cls in enumerate(CLASSES)}
-    summary = {
-        "params": params,
-        "class_counts": counts,
-        "n_train_files": len(train),
-        "n_test_files": len(test),
+    # relative paths only, so the marker (and the demo's bytes) do not depend on where it lives
+    marker = {"params": params, "class_counts": counts, "n_train_files": len(train),
+              "n_test_files": len(test)}
+    atomic_write_json(out / COMPLETE_FILE, marker)  # last: the demo is whole
+    (out / STARTED_FILE).unlink()
+    return {**_summary(out, marker), "generated": True,
+            "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _summary(out: Path, marker: dict) -> dict:
+    return {
+        **marker,
+        "out_dir": str(out),
         "train_dir": str(out / TRAIN_DIR),
         "test_dir": str(out / TEST_DIR),
         "sample_submission": str(out / SUBMISSION_FILE),
         "test_labels": str(out / TEST_LABELS_FILE),
         "planted": str(out / PLANTED_FILE),
     }
-    atomic_write_json(out / COMPLETE_FILE, summary)  # last: the demo is whole
-    (out / STARTED_FILE).unlink()
-    return {**summary, "generated": True, "seconds": round(time.perf_counter() - start, 2)}
 
 
 def _progress(total: int, enabled: bool):
-    from tqdm import tqdm
+    """tqdm, silenced when ``enabled`` is False or HEROSTACK_NO_PROGRESS is set."""
+    from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc="demo images", unit="img", disable=not enabled)
+    disable = not enabled or bool(os.environ.get("HEROSTACK_NO_PROGRESS"))
+    return tqdm(total=total, desc="demo images", unit="img", disable=disable)
 
 
 def main(argv: list[str] | None = None) -> int:
