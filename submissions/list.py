@@ -165,9 +165,12 @@ def _next_pick(picks: list[Pick], remaining: list[dict], se: float, preds: _Pred
     r, dis, corr = min(diverse, key=lambda s: sign * s[0]["cv_mean"])
     gap = r["cv_mean"] - best_cv
     others = "the first pick" if len(picks) == 1 else "the picks so far"
-    reason = (f"{len(within)} submission(s) within one SE ({se:.4f}) of the best CV; of the {len(diverse)} whose "
-              f"{measure} with {others}, the best CV: {_cv_text(r)} ({gap:+.4f} from the best)"
-              f"{_diversity_text(dis, corr)}")
+    if len(within) == 1:
+        lead = f"the only other submission within one SE ({se:.4f}) of the best CV"
+    else:
+        lead = (f"{len(within)} submissions within one SE ({se:.4f}) of the best CV; of the {len(diverse)} whose "
+                f"{measure} with {others}, the best CV")
+    reason = f"{lead}: {_cv_text(r)} ({gap:+.4f} from the best){_diversity_text(dis, corr)}"
     return Pick(r, reason, dis, corr)
 
 

@@ -47,8 +47,12 @@ def format_ledger(ledger: pd.DataFrame, greater_is_better: bool = True) -> str:
     return table.to_string()
 
 
-def plot_cv_vs_board(ledger: pd.DataFrame, path: Path, metric: str = "score") -> Path | None:
-    """Write the PNG when at least one row has a public or private score; else return None."""
+def plot_cv_vs_board(ledger: pd.DataFrame, path: Path, metric: str = "score",
+                     greater_is_better: bool = True) -> Path | None:
+    """Write the PNG when at least one row has a public or private score; else return None.
+    Points are labelled with their row number in ``format_ledger``'s table."""
+    ledger = sort_ledger(ledger, greater_is_better).reset_index(drop=True)
+    ledger["rank"] = [f"#{i}" for i in range(1, len(ledger) + 1)]
     scored = ledger[ledger["public_score"].notna() | ledger["private_score"].notna()]
     scored = scored[scored["cv_mean"].notna()].drop_duplicates("sha256")
     if scored.empty:
@@ -70,7 +74,7 @@ def plot_cv_vs_board(ledger: pd.DataFrame, path: Path, metric: str = "score") ->
     both = scored["public_score"].notna() & scored["private_score"].notna()
     for _, row in scored[both].iterrows():
         ax.plot([row["cv_mean"]] * 2, [row["public_score"], row["private_score"]], color="grey", lw=0.8, zorder=0)
-    for xi, yi, label in zip(x, scored[["public_score", "private_score"]].max(axis=1), scored["source"]):
+    for xi, yi, label in zip(x, scored[["public_score", "private_score"]].max(axis=1), scored["rank"]):
         ax.annotate(label, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     values = np.concatenate([low, high, scored["public_score"].dropna(), scored["private_score"].dropna()])
     lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
@@ -94,6 +98,7 @@ def publish_ledger(study: Study, extra_text: str = "") -> Path:
     text = format_ledger(ledger, metric.greater_is_better)
     if extra_text:
         text += "\n\n" + extra_text
-    png = plot_cv_vs_board(ledger, report_dir(study.dir) / "submissions_cv_vs_board.png", metric.name)
-    items = [("CV vs public/private score", png)] if png else []
+    png = plot_cv_vs_board(ledger, report_dir(study.dir) / "submissions_cv_vs_board.png", metric.name,
+                           metric.greater_is_better)
+    items = [("CV vs public/private score (points numbered as the table's rows)", png)] if png else []
     return publish(study.dir, "submissions", items, text=text)

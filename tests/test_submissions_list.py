@@ -47,7 +47,7 @@ def test_second_pick_prefers_different_errors_over_a_copy(synth):
     picks, notes = picks_of(synth)
     assert [p.row["source"] for p in picks] == ["trial:0", "trial:2"]
     assert picks[0].reason.startswith("best CV: trial:0 CV 0.8000")
-    assert "within one SE" in picks[1].reason and "OOF errors correlate least" in picks[1].reason
+    assert "2 submissions within one SE" in picks[1].reason and "OOF errors correlate least" in picks[1].reason
     assert picks[1].disagreement > 0.2 and abs(picks[1].error_correlation) < 0.3
 
 
@@ -59,7 +59,7 @@ def test_among_diverse_candidates_the_best_cv_wins(synth):
     submit(synth, "3", *independent(synth, 3), 0.790)  # diverse, better CV than trial:2
     picks, _ = picks_of(synth)
     assert picks[1].row["source"] == "trial:3"
-    assert "3 submission(s) within one SE" in picks[1].reason and "of the 2 whose" in picks[1].reason
+    assert "3 submissions within one SE" in picks[1].reason and "of the 2 whose" in picks[1].reason
 
 
 def test_no_candidate_within_one_se_falls_back_to_next_cv(synth):
