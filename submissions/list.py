@@ -149,10 +149,8 @@ def _next_pick(picks: list[Pick], remaining: list[dict], se: float, preds: _Pred
         return Pick(r, f"no other submission is within one SE ({se:.4f}) of the best CV, so the next best CV: "
                        f"{_cv_text(r)}{_diversity_text(dis, corr)}", dis, corr)
 
+    # (A file with the same labels as a pick has the same sha256 and was dropped already.)
     scored = [(r, *_diversity(r, picks, preds)) for r in within]
-    differ = [s for s in scored if not s[1] == 0.0]
-    if differ and len(differ) < len(scored):
-        scored = differ  # a file with the same labels as a pick hedges nothing
     use_corr = all(np.isfinite(s[2]) for s in scored)
     if use_corr:
         scored.sort(key=lambda s: (s[2], -_finite(s[1])))
