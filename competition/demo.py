@@ -119,15 +119,16 @@ def _contrasting(rng: np.random.Generator, against, pick: Callable, min_diff: fl
 
 
 def _emblem_colours(rng: np.random.Generator, cls: int, background) -> list[tuple[int, int, int]]:
-    if rng.random() < _TENDENCY:
-        hues = CLASS_HUES[cls]
-        def pick(r):
-            return _hsv(hues[int(r.integers(2))] + r.normal(0, 0.03), r.uniform(0.5, 1), r.uniform(0.35, 1))
-    else:
-        pick = _random_colour
-    first = _contrasting(rng, background, pick)
-    second = _contrasting(rng, first, _random_colour, 50)
-    third = _contrasting(rng, second, _random_colour, 50)
+    """Three colours for an emblem: the first stands out from ``background`` and takes the
+    class's hue for a minority of images only, so colour is a weak clue at best."""
+    hues = CLASS_HUES[cls]
+
+    def class_hue(r: np.random.Generator) -> tuple[int, int, int]:
+        return _hsv(hues[int(r.integers(2))] + r.normal(0, 0.03), r.uniform(0.5, 1), r.uniform(0.35, 1))
+
+    first = _contrasting(rng, background, class_hue if rng.random() < _TENDENCY else _random_colour)
+    second = _contrasting(rng, first, _random_colour)
+    third = _contrasting(rng, second, _random_colour)
     return [first, second, third]
 
 
