@@ -384,7 +384,8 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
 
     ``X``: uint8 images ``[N, H, W, 3]`` (e.g. from ``models.images.DecodedCache``) or image paths.
 
-    The run: an optional LR range test (when ``lr`` is None, its suggestion becomes ``lr_``);
+    The run: an optional LR range test (when ``lr`` is None, `lr_find` over ``lr_find_steps``
+    batches, and its suggestion becomes ``lr_``);
     ``frozen_epochs`` epochs training only the new head; then ``epochs`` epochs with every layer
     trainable, layer groups (``n_groups``, from timm's ``group_matcher``) at
     ``lr * lr_ratio ** k`` for the k-th group below the head, under timm's ``CosineLRScheduler``
@@ -405,7 +406,8 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
 
     def __init__(self, backbone: str = "efficientnet_lite0", *, weights: str = "auto",
                  weights_checkpoint: str | None = None, image_size: int = 224,
-                 lr: float | None = 1e-3, lr_ratio: float = 1 / 3, n_groups: int = 3,
+                 lr: float | None = 1e-3, lr_find_steps: int = 60, lr_ratio: float = 1 / 3,
+                 n_groups: int = 3,
                  weight_decay: float = 1e-2, epochs: int = 5, frozen_epochs: int = 1,
                  cycles: int = 1, cycle_mult: float = 1.0, warmup_frac: float = 0.05,
                  aug: str = "rand", randaug_magnitude: int = 9, crop_pct: float | None = None,
@@ -423,6 +425,7 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
         self.weights_checkpoint = weights_checkpoint
         self.image_size = image_size
         self.lr = lr
+        self.lr_find_steps = lr_find_steps
         self.lr_ratio = lr_ratio
         self.n_groups = n_groups
         self.weight_decay = weight_decay
@@ -515,17 +518,21 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
             return dict(resolve_data_config({}, model=model))
 
     def _transforms(self, cfg: dict):
-        """(train, eval) PIL transforms. Eval is timm's: shorter side to size / crop_pct, centre
-        crop ``image_size`` (a pure crop of a square decoded at that size)."""
+        """(train, eval) PIL transforms. Eval resizes the shorter side to the feature cache's
+        stored size (``image_size / crop_pct``, even margin) and centre-crops ``image_size``: on
+        squares decoded at that size (``models.images``) it is a pure crop, the "plain" view."""
         import timm.data
         from torchvision import transforms as T
+        from models.features import stored_size
 
         size = int(self.image_size)
         interp = cfg.get("interpolation", "bilinear")
         crop_pct = float(self.crop_pct or cfg.get("crop_pct") or 1.0)
-        evaluate = timm.data.create_transform(size, is_training=False, crop_pct=crop_pct,
-                                              interpolation=interp, mean=cfg["mean"],
-                                              std=cfg["std"])
+        mode = T.InterpolationMode(interp if interp in ("bilinear", "bicubic", "nearest")
+                                   else "bilinear")
+        evaluate = T.Compose([T.Resize(stored_size(size, crop_pct), interpolation=mode),
+                              T.CenterCrop(size), T.ToTensor(),
+                              T.Normalize(cfg["mean"], cfg["std"])])
         if self.aug == "none":
             return evaluate, evaluate
         if self.aug == "flip":
@@ -679,7 +686,8 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
         if state is not None:
             self.lr_ = state["lr"]
         elif self.lr is None:
-            self.lr_find_ = self.lr_find(images, self.classes_[y_int]).to_dict()
+            self.lr_find_ = self.lr_find(images, self.classes_[y_int],
+                                         num_steps=int(self.lr_find_steps)).to_dict()
             self.lr_ = float(self.lr_find_["suggestion"])
         else:
             self.lr_ = float(self.lr)
