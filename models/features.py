@@ -24,6 +24,7 @@ import json
 import math
 import os
 import re
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -232,26 +233,29 @@ class FeatureCache:
         stores = {v: self._store(backbone, info, size, prep, v, stage) for v in views}
         need = {v: {shas[i] for i in np.flatnonzero(stores[v].lookup(shas) < 0)} for v in views}
         todo = [i for i in _first_index(shas) if any(shas[i] in need[v] for v in views)]
-        self.last_stats = {"computed": {v: 0 for v in views}, "forward_images": 0, "decoded": 0}
+        self.last_stats = {"computed": {v: 0 for v in views}, "forward_images": 0, "decoded": 0, "build_s": 0.0}
+        started = time.perf_counter()
         if todo:
             self._compute(todo, paths, shas, backbone, info, size, stored, cfg, views, stores, need,
                           stage=stage, weights=weights, checkpoint=checkpoint, batch_size=batch_size, progress=progress)
-        return {v: stores[v].take(stores[v].lookup(shas)) for v in views}
+        out = {v: stores[v].take(stores[v].lookup(shas)) for v in views}
+        self.last_stats["seconds"] = time.perf_counter() - started
+        return out
 
     def _compute(self, todo, paths, shas, backbone, info, size, stored, cfg, views, stores, need, *,
                  stage, weights, checkpoint, batch_size, progress) -> None:
         device, cuda = self.device, self.device.type == "cuda"
+        started = time.perf_counter()
         model = create_backbone(backbone, weights=weights, checkpoint=checkpoint, num_classes=0)
-        model = model.to(device).eval()
-        if cuda:
-            model = model.to(memory_format=torch.channels_last)
+        # channels-last: faster on GPUs and, with oneDNN, ~1.5x on CPUs for these depthwise nets
+        model = model.to(device, memory_format=torch.channels_last).eval()
+        self.last_stats["build_s"] = time.perf_counter() - started
         net = model if stage is None else split_at_stage(model, stage)[0]
         dtype = torch.float32 if stage is None else torch.float16
         decoded_before = len(self.images.store(stored, cfg["interpolation"]))
 
         def forward(x: torch.Tensor) -> np.ndarray:
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
                 out = net(x)
             self.last_stats["forward_images"] += x.shape[0]
