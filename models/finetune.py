@@ -880,9 +880,28 @@ class FineTuner(_NotFitted, ClassifierMixin, BaseEstimator):
                 x = x.contiguous(memory_format=torch.channels_last)
             for v in views:
                 xv = torch.flip(x, dims=[3]) if v == "flip" else x
-                with _autocast(device, self._amp_dtype):
-                    out[v].append(torch.softmax(self.model_(xv).float(), 1).cpu().numpy())
+                out[v].append(self._predict_batch(xv, device))
         return {v: np.concatenate(p).astype(np.float64) for v, p in out.items()}
+
+    def _predict_batch(self, x: torch.Tensor, device: torch.device) -> np.ndarray:
+        """Softmax over ``x`` in chunks; a chunk that runs out of memory is halved and retried."""
+        chunk = getattr(self, "_predict_chunk", None) or x.shape[0]
+        while True:
+            try:
+                parts = []
+                for start in range(0, x.shape[0], chunk):
+                    with _autocast(device, self._amp_dtype):
+                        logits = self.model_(x[start:start + chunk])
+                    parts.append(torch.softmax(logits.float(), 1).cpu().numpy())
+                return np.concatenate(parts)
+            except torch.OutOfMemoryError:
+                if chunk <= 1:
+                    raise
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+            chunk = self._predict_chunk = max(1, chunk // 2)
+            self.oom_events_ += 1
+            log.warning("out of memory while predicting: chunks of %d images now", chunk)
 
     def predict_proba(self, X, tta: Sequence[str] = TTA_VIEWS) -> np.ndarray:
         """Mean of the ``tta`` views' probabilities [N, C]."""
