@@ -264,7 +264,7 @@ class FeatureCache:
         bar = progress_bar(len(todo), f"features {backbone} {size}px {'+'.join(views)}", progress)
         try:
             with contextlib.ExitStack() as writing:
-                writers: dict = {}  # opened at a view's first rows, when the row shape is known
+                writers: dict = {}  # opened with the first rows, when the row shape is known
                 batches = self.images.iter_batches(
                     [paths[i] for i in todo], [shas[i] for i in todo], stored, batch_size=batch_size,
                     progress=False, num_workers=self.num_workers, interpolation=cfg["interpolation"],
@@ -274,20 +274,24 @@ class FeatureCache:
                     batch_shas = [shas[todo[j]] for j in pos]
                     images = torch.from_numpy(u8)
                     images = images.pin_memory().to(device, non_blocking=True) if cuda else images
+                    results = []
                     for v in views:
                         sel = [k for k, s in enumerate(batch_shas) if s in need[v]]
-                        if not sel:
-                            continue
-                        sub = [batch_shas[k] for k in sel]
-                        x = preprocess_batch(images[sel], v, size, cfg["mean"], cfg["std"], sha256s=sub,
-                                             interpolation=cfg["interpolation"])
-                        rows = forward(x)
-                        if v not in writers:
+                        if sel:
+                            sub = [batch_shas[k] for k in sel]
+                            x = preprocess_batch(images[sel], v, size, cfg["mean"], cfg["std"], sha256s=sub,
+                                                 interpolation=cfg["interpolation"])
+                            results.append((v, sub, forward(x)))
+                    if results and not writers:
+                        # Lock every store that gets rows, in one fixed order, so that processes
+                        # sharing the cache never wait on each other in a cycle.
+                        for v in sorted(v for v in views if need[v]):
                             writers[v] = writing.enter_context(
-                                stores[v].writing(rows.shape[1:], commit_every_s=self.commit_every_s))
+                                stores[v].writing(results[0][2].shape[1:], commit_every_s=self.commit_every_s))
+                    for v, sub, rows in results:
                         for s, row in zip(sub, rows):
                             writers[v].add(s, row)
-                        self.last_stats["computed"][v] += len(sel)
+                        self.last_stats["computed"][v] += len(sub)
                     bar.update(len(pos))
         finally:
             bar.close()

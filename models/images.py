@@ -137,6 +137,8 @@ class RowStore:
             return
         if self.row_shape is None:
             self._read_meta()
+            if self.row_shape is None:  # an index without meta.json: nothing can be read safely
+                return
         keys = np.load(self.index_path, allow_pickle=False)
         # Only rows wholly inside the data file count (guards against a tampered/truncated file).
         n_file = self.rows_path.stat().st_size // self.row_bytes if self.rows_path.exists() else 0

@@ -223,3 +223,60 @@ def test_decoded_cache_hits_and_batches(tmp_path, images):
     assert len(dc.store(24)) == 5
     with pytest.raises(ValueError, match=r"differ in length: 2 vs 1"):
         dc.get(images[:2], shas[:1], 24)
+
+
+def test_row_store_survives_a_hard_kill(tmp_path):
+    """A process killed (os._exit, no cleanup) after writing uncommitted rows."""
+    import subprocess
+    import sys
+    import textwrap
+
+    script = textwrap.dedent(f"""
+        import os, numpy as np
+        from models.images import RowStore
+        store = RowStore({str(tmp_path / "rs")!r}, np.float32)
+        with store.writing((3,), commit_every_s=1e9) as w:
+            w.add("a", np.full(3, 1.0))
+            w.commit()
+            w.add("b", np.full(3, 2.0))  # written, never published
+            os._exit(9)
+    """)
+    proc = subprocess.run([sys.executable, "-c", script], cwd=str(tmp_path.parent), env=_pythonpath_env())
+    assert proc.returncode == 9
+    from models.images import RowStore
+
+    store = RowStore(tmp_path / "rs", np.float32)
+    assert store.lookup(["a", "b"]).tolist() == [0, -1]
+    with store.writing((3,)) as w:
+        w.add("c", np.full(3, 3.0))
+    np.testing.assert_array_equal(store.take(store.lookup(["a", "c"])), [[1, 1, 1], [3, 3, 3]])
+
+
+def test_concurrent_writers_do_not_interleave(tmp_path, images):
+    import threading
+
+    shas = [sha256_file(p) for p in images]
+    results = {}
+
+    def work(k):
+        results[k] = DecodedCache(tmp_path / "dec").get(images[k:] + images[:k], shas[k:] + shas[:k], 16, progress=False)
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    store = DecodedCache(tmp_path / "dec").store(16)
+    assert len(store) == 5
+    for k, arr in results.items():
+        np.testing.assert_array_equal(arr, np.stack([decode_square(p, 16) for p in images[k:] + images[:k]]))
+
+
+def _pythonpath_env():
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ)
+    root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    return env
