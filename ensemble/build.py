@@ -52,7 +52,7 @@ class BuildConfig:
     name: str | None = None
     seed: int = 0
     hill_iterations: int = 50
-    n_jobs: int = -1
+    n_jobs: int = 1
     audit: bool = True
     progress: bool = True
 
@@ -195,7 +195,7 @@ def build(cfg: BuildConfig) -> BuildResult:
             "timings": {"fit_seconds": round(r.fit_seconds, 3), "build_seconds": round(time.perf_counter() - start, 3)},
         }
         figures += _write_artefacts(folder, meta, r, meta_json, plots=folder.name == out_name)
-    publish(study.dir, "ensemble", [*figures, ("comparison table", ens_dir / "comparison.txt")], text=text)
+    publish(study.dir, "ensemble", figures, text=text)
     print(f"ensemble {out_name} ({chosen}): {metric.name} {results[chosen].score_mean:.5f} "
           f"± {results[chosen].score_std:.5f} -> {ens_dir / out_name}")
     if cfg.audit:
@@ -220,7 +220,7 @@ def _parse_args(argv) -> BuildConfig:
     p.add_argument("--name", default=None, help="output folder name under ensemble/ (default: the chosen method)")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--hill-iterations", type=int, default=d.hill_iterations, help="Caruana selection rounds")
-    p.add_argument("--n-jobs", type=int, default=d.n_jobs, help="LightGBM threads (-1: all cores)")
+    p.add_argument("--n-jobs", type=int, default=d.n_jobs, help="LightGBM threads (-1: every core; 1 is fastest on small or busy machines)")
     p.add_argument("--no-audit", dest="audit", action="store_false", help="skip the label-noise audit")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     a = p.parse_args(argv)

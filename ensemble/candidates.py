@@ -17,6 +17,7 @@ import pandas as pd
 
 from competition.io import ArtefactError, read_json, read_probabilities, sha256_file
 from competition.metrics import Metric, get_metric
+from ensemble.stackers import features
 
 __all__ = [
     "CandidateError",
@@ -233,8 +234,6 @@ class MetaFeatures:
 
     def frame(self, part: str = "oof", log_odds: bool = False) -> pd.DataFrame:
         """The meta-features as a table indexed by ``image_id``, columns ``<trial>_<class>``."""
-        from ensemble.stackers import features  # local: stackers imports this module's types
-
         tensor, ids = (self.oof, self.ids) if part == "oof" else (self.test, self.test_ids)
         return pd.DataFrame(features(tensor, log_odds), index=pd.Index(ids, name="image_id"),
                             columns=self.feature_names)

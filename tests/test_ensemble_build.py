@@ -51,7 +51,7 @@ def test_build_saves_the_comparison_and_publishes_the_chosen_plots(built):
     assert "± " in (study / "ensemble" / "comparison.txt").read_text()
     sections = json.loads((study / "report" / "sections.json").read_text())
     assert {"ensemble", "audit"} <= set(sections)
-    assert len(sections["ensemble"]["items"]) == 3
+    assert len(sections["ensemble"]["items"]) == 2 and "± " in sections["ensemble"]["text"]
     assert (study / "audit" / "label_issues.csv").exists()
 
 
