@@ -176,13 +176,12 @@ def run_audit(study: Study, source: str = "auto", top: int | None = None, sheet:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ensemble.audit", description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--study", default="demo", help="study name: the folder under --workdir")
-    parser.add_argument("--workdir", default="runs", help="work folder holding the studies")
-    parser.add_argument("--source", default="auto", help="auto | ensemble:<name> | trial:<n>")
+    parser = argparse.ArgumentParser(prog="python -m ensemble.audit", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--study", default="demo", help="study name: the folder under --workdir (default: %(default)s)")
+    parser.add_argument("--workdir", default="runs", help="work folder holding the studies (default: %(default)s)")
+    parser.add_argument("--source", default="auto", help="auto (default: the best ensemble, else the best trial) | ensemble:<name> | trial:<n>")
     parser.add_argument("--top", type=int, default=None, help="keep only the N worst issues (default: all)")
-    parser.add_argument("--sheet", type=int, default=36, help="thumbnails on the contact sheet")
+    parser.add_argument("--sheet", type=int, default=36, help="thumbnails on the contact sheet (default: %(default)s)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:

@@ -122,6 +122,8 @@ def _write_artefacts(folder: Path, meta: MetaFeatures, result: StackResult, meta
                         extra={"fold": meta.folds, "label": labels})
     write_probabilities(folder / "test.csv", meta.test_ids, result.test, meta.classes)
     figures = []
+    for stale in ("confusion.png", "reliability.png"):  # plots belong to the chosen folder only
+        (folder / stale).unlink(missing_ok=True)
     if plots:
         name = folder.name
         figures = [
@@ -207,20 +209,19 @@ def build(cfg: BuildConfig) -> BuildResult:
 
 def _parse_args(argv) -> BuildConfig:
     d = BuildConfig()
-    p = argparse.ArgumentParser(prog="python -m ensemble.build", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--study", default=d.study, help="study name: the folder under --workdir")
-    p.add_argument("--workdir", default=d.workdir, help="work folder holding the studies")
-    p.add_argument("--top-k", type=int, default=d.top_k, help="candidates: the best trial plus the least correlated good ones")
+    p = argparse.ArgumentParser(prog="python -m ensemble.build", description=__doc__.split("\n\n")[0])
+    p.add_argument("--study", default=d.study, help="study name: the folder under --workdir (default: %(default)s)")
+    p.add_argument("--workdir", default=d.workdir, help="work folder holding the studies (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=d.top_k, help="candidates: the best trial plus the least correlated good ones (default: %(default)s)")
     p.add_argument("--trials", default=None,
                    help="explicit comma-separated trial names instead of automatic selection; any that does not match the study is an error")
-    p.add_argument("--method", choices=METHODS, default=d.method, help="stacker to keep; auto: the simplest within one SE of the best")
+    p.add_argument("--method", choices=METHODS, default=d.method, help="stacker to keep; auto (default): the simplest within one SE of the best")
     p.add_argument("--log-odds", action="store_true", help="meta-features as log-odds instead of probabilities (logreg, lgbm)")
     p.add_argument("--temperature", action="store_true", help="temperature-scale each trial before stacking (fit on each fold's training part)")
     p.add_argument("--name", default=None, help="output folder name under ensemble/ (default: the chosen method)")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--hill-iterations", type=int, default=d.hill_iterations, help="Caruana selection rounds")
-    p.add_argument("--n-jobs", type=int, default=d.n_jobs, help="LightGBM threads (-1: every core; 1 is fastest on small or busy machines)")
+    p.add_argument("--seed", type=int, default=d.seed, help="LightGBM seed and inner split (default: %(default)s)")
+    p.add_argument("--hill-iterations", type=int, default=d.hill_iterations, help="Caruana selection rounds (default: %(default)s)")
+    p.add_argument("--n-jobs", type=int, default=d.n_jobs, help="LightGBM threads; -1: every core (default: %(default)s, fastest on small data or busy cores)")
     p.add_argument("--no-audit", dest="audit", action="store_false", help="skip the label-noise audit")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
     a = p.parse_args(argv)

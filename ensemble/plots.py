@@ -31,7 +31,8 @@ def confusion_png(y: np.ndarray, proba: np.ndarray, classes: Sequence[str], path
     ax = fig.add_subplot()
     im = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of the true class")
-    ax.set_xticks(range(n), classes, rotation=90 if n > 6 else 0)
+    long = n > 6 or max(len(str(c)) for c in classes) > 6
+    ax.set_xticks(range(n), classes, rotation=45 if long else 0, ha="right" if long else "center")
     ax.set_yticks(range(n), classes)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
@@ -62,8 +63,8 @@ def reliability_png(y: np.ndarray, proba: np.ndarray, path, n_bins: int = 15, ti
     centers = (edges[:-1] + edges[1:]) / 2
     seen = counts > 0
     ax.plot([0, 1], [0, 1], "--", color="grey", lw=1, label="perfect calibration")
-    ax.bar(centers[seen], acc[seen], width=1 / n_bins, edgecolor="black", alpha=0.7, label="accuracy")
-    ax.plot(mean_conf[seen], acc[seen], "o-", color="C3", ms=3, label="mean confidence")
+    ax.bar(centers[seen], acc[seen], width=1 / n_bins, edgecolor="black", alpha=0.7, label="accuracy per bin")
+    ax.plot(mean_conf[seen], acc[seen], "o-", color="C3", ms=3, label="accuracy at the bin's mean confidence")
     ax.set_ylabel("accuracy")
     ax.set_ylim(0, 1)
     ax.legend(loc="upper left", fontsize=8)
@@ -79,6 +80,7 @@ def contact_sheet_png(images: Sequence[tuple[str, str]], path, load: Callable[[s
                       columns: int = 6, thumb: float = 2.0, title: str = "") -> Path:
     """A grid of thumbnails, one per ``(image_path, caption)``; an image that cannot be read
     shows its caption and the reason instead."""
+    columns = max(1, min(columns, len(images)))
     rows = max(1, -(-len(images) // columns))
     fig = Figure(figsize=(columns * thumb, rows * (thumb + 0.45)))
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
