@@ -37,12 +37,14 @@ class StackResult:
 
     @property
     def score_std(self) -> float:
-        """Sample standard deviation over the folds (ddof=1)."""
-        return float(np.std(self.fold_scores, ddof=1)) if len(self.fold_scores) > 1 else 0.0
+        """Standard deviation over the folds, ``np.std`` (ddof=0) as in the trials' meta.json."""
+        return float(np.std(self.fold_scores))
 
     @property
     def score_se(self) -> float:
-        return self.score_std / np.sqrt(len(self.fold_scores))
+        """Standard error of the mean fold score: sample std (ddof=1) / sqrt(k)."""
+        k = len(self.fold_scores)
+        return float(np.std(self.fold_scores, ddof=1) / np.sqrt(k)) if k > 1 else 0.0
 
 
 def _normalise(proba: np.ndarray) -> np.ndarray:
