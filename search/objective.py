@@ -104,6 +104,7 @@ class Objective:
             raise
 
     def _run(self, trial: optuna.trial.Trial) -> float:
+        trial.set_user_attr("worker", {"host": platform.node(), "pid": os.getpid()})
         config = self.suggest(trial)
         spec, folds = self.study.spec, self.study.folds
         metric = get_metric(spec.metric)
