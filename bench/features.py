@@ -17,7 +17,6 @@ bare, warm >= 0.95x bare. Without ``--data`` a few hundred synthetic JPEGs are g
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
