@@ -47,7 +47,8 @@ def write_report(ostudy: optuna.Study, study: Study) -> Path | None:
                          for t in done])
     fig, ax = plt.subplots()
     groups = [(f"{b}\n{m}", g.score.to_numpy()) for (b, m), g in rows.groupby(["backbone", "mode"])]
-    ax.boxplot([g for _, g in groups], labels=[n for n, _ in groups])
+    ax.boxplot([g for _, g in groups])
+    ax.set_xticks(range(1, len(groups) + 1), [n for n, _ in groups])
     ax.set_ylabel(f"CV {study.spec.metric}")
     ax.set_title("scores per backbone and training mode")
     items.append(("scores per backbone and mode", _save(fig, out / "search_backbones.png")))

@@ -27,7 +27,7 @@ class SpaceOptions:
     device: str = "cpu"
     allow_full: bool = False  # full fine-tuning on a CPU: hours per trial, only on request
     sizes: tuple[int, ...] = ()  # empty: each backbone's native size (CPU) or a ladder (GPU)
-    partial_stages: tuple[int, ...] = (5, 6)  # EfficientNet blocks from which on training resumes
+    partial_stages: tuple[int, ...] = ()  # EfficientNet stages trained again; empty: (6,) on CPU, (5, 6) on GPU
     max_aug_views: int = 3
     has_extra: bool = False
     modes: tuple[str, ...] = field(default=())
@@ -35,6 +35,13 @@ class SpaceOptions:
     def __post_init__(self):
         if not self.backbones:
             raise ValueError("the search space needs at least one backbone with weights on this machine")
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+    def stages(self) -> tuple[int, ...]:
+        return self.partial_stages or ((5, 6) if self.on_gpu else (6,))
 
     def allowed_modes(self) -> tuple[str, ...]:
         if self.modes:
@@ -71,10 +78,13 @@ def suggest_config(trial: optuna.trial.BaseTrial, options: SpaceOptions, *, weig
         p["lr"] = trial.suggest_float("lr", 1e-4, 3e-2, log=True)
         p["epochs"] = trial.suggest_int("epochs", 10, 80, step=10)
     elif mode == "partial":
-        p["stage"] = trial.suggest_categorical("stage", list(options.partial_stages))
+        # On a CPU one epoch over the last stage costs seconds per thousand image views, so the
+        # space keeps epochs and trained views small there; a GPU gets the deeper, longer range.
+        stages = options.stages()
+        p["stage"] = trial.suggest_categorical("stage", list(stages)) if len(stages) > 1 else stages[0]
         p["lr"] = trial.suggest_float("lr", 3e-4, 1e-2, log=True)
         p["lr_ratio"] = trial.suggest_float("lr_ratio", 1 / 9, 1 / 3, log=True)
-        p["epochs"] = trial.suggest_int("epochs", 3, 10)
+        p["epochs"] = trial.suggest_int("epochs", 3, 10) if options.on_gpu else trial.suggest_int("epochs", 2, 5)
         p["dropout"] = trial.suggest_float("dropout", 0.0, 0.5)
     else:  # full fine-tuning, the staged recipe
         p["lr"] = trial.suggest_float("lr", 1e-4, 3e-3, log=True)
@@ -88,7 +98,8 @@ def suggest_config(trial: optuna.trial.BaseTrial, options: SpaceOptions, *, weig
         p["dropout"] = trial.suggest_float("dropout", 0.0, 0.5)
     if mode != "full":
         # augmentation and TTA as cached views: 0..K seeded crops, plus the mirror
-        p["train_views"] = trial.suggest_int("train_views", 0, options.max_aug_views)
+        max_train = options.max_aug_views if (mode == "head" or options.on_gpu) else 1
+        p["train_views"] = trial.suggest_int("train_views", 0, max_train)
         p["tta_views"] = trial.suggest_int("tta_views", 0, options.max_aug_views)
     p["flip"] = trial.suggest_categorical("flip", [True, False])
     if options.has_extra:

@@ -1,0 +1,143 @@
+"""search/: the space with FixedTrial, and `python -m search.run` end to end on a tiny competition."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FixedTrial, TrialState
+
+from search.run import main
+from search.space import SpaceOptions, suggest_config
+from search.study import make_storage
+from tests.conftest import write_competition
+
+ROOT = Path(__file__).resolve().parent.parent
+LITE = ("efficientnet_lite0", "efficientnet_lite1")
+COMMON = {"label_smoothing": 0.1, "weight_decay": 1e-3, "class_weight": "none", "flip": True}
+
+
+@pytest.mark.parametrize(
+    "params, expect",
+    [
+        ({"backbone": "efficientnet_lite1", "mode": "head", "head": "mlp", "hidden": 512, "dropout": 0.2,
+          "lr": 1e-3, "epochs": 30, "train_views": 2, "tta_views": 1},
+         {"mode": "head", "image_size": 240, "head": "mlp", "train_views": 2, "tta_views": 1}),
+        ({"backbone": "efficientnet_lite0", "mode": "head", "head": "linear", "lr": 1e-2, "epochs": 20,
+          "train_views": 0, "tta_views": 0}, {"head": "linear", "image_size": 224}),
+        ({"backbone": "efficientnet_lite0", "mode": "partial", "lr": 1e-3, "lr_ratio": 0.2, "epochs": 3,
+          "dropout": 0.1, "train_views": 1, "tta_views": 2}, {"mode": "partial", "stage": 6, "epochs": 3}),
+    ],
+)
+def test_space_with_fixed_trial(params, expect):
+    config = suggest_config(FixedTrial({**COMMON, **params}), SpaceOptions(backbones=LITE, device="cpu"))
+    for key, value in expect.items():
+        assert getattr(config, key) == value
+
+
+def test_space_follows_the_device():
+    full = {**COMMON, "backbone": "efficientnet_lite0", "mode": "full", "lr": 1e-3, "lr_ratio": 0.2, "epochs": 5,
+            "cycles": 2, "cycle_mult": 2, "frozen_epochs": 1, "randaug_magnitude": 9, "mixup": 0.2, "dropout": 0.1,
+            "image_size": 288}
+    with pytest.raises(ValueError, match="'full' not in"):
+        suggest_config(FixedTrial(full), SpaceOptions(backbones=LITE, device="cpu"))
+    config = suggest_config(FixedTrial(full), SpaceOptions(backbones=LITE, device="cuda"))
+    assert (config.mode, config.cycles, config.cycle_mult, config.image_size) == ("full", 2, 2, 288)
+    assert suggest_config(FixedTrial({**full, "image_size": 224}), SpaceOptions(backbones=LITE, device="cpu", allow_full=True)).mode == "full"
+    # CPU partial fine-tuning stays short: more than 5 epochs is outside the CPU space
+    partial = {**COMMON, "backbone": "efficientnet_lite0", "mode": "partial", "lr": 1e-3, "lr_ratio": 0.2,
+               "epochs": 9, "dropout": 0.1, "train_views": 1, "tta_views": 0}
+    with pytest.warns(UserWarning, match="out of the range"):
+        suggest_config(FixedTrial(partial), SpaceOptions(backbones=LITE, device="cpu"))
+
+
+def test_space_only_suggests_what_applies():
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    options = SpaceOptions(backbones=LITE, device="cpu")
+    for _ in range(30):
+        trial = study.ask()
+        config = suggest_config(trial, options)
+        names = set(trial.params)
+        assert ("hidden" in names) == (config.mode == "head" and config.head == "mlp")
+        assert ("lr_ratio" in names) == (config.mode == "partial")
+        assert "mixup" not in names and "cycles" not in names
+        study.tell(trial, 0.5)
+
+
+def _tiny(tmp_path):
+    data = write_competition(tmp_path / "data", per_class=(8, 8, 8), n_test=4, size=32)
+    spec = tmp_path / "tiny.json"
+    spec.write_text(json.dumps({
+        "train_dir": "CAX_Superhero_Train", "test_dir": "CAX_Superhero_Test",
+        "sample_submission": "Superhero_Submission_Format.csv", "id_column": "filename",
+        "label_column": "Superhero", "labels": {"Ant-Man": "ant_man", "Batman": "bat_man", "Hulk": "hulk"},
+    }))
+    return ["--data", str(data), "--competition", str(spec), "--study", "t", "--workdir", str(tmp_path / "runs"),
+            "--k", "2", "--backbones", "test_efficientnet", "--modes", "head", "--random-init", "--heartbeat", "1"]
+
+
+def test_run_writes_trials_table_and_report(tmp_path, capsys):
+    args = _tiny(tmp_path)
+    assert main([*args, "--trials", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "top 2 trials by CV accuracy" in out
+    study_dir = tmp_path / "runs" / "t"
+    assert sorted(p.name for p in (study_dir / "trials").iterdir()) == ["0", "1"]
+    assert (study_dir / "report" / "index.html").exists() and (study_dir / "report" / "search_history.png").exists()
+    # the same command continues the same study
+    assert main([*args, "--trials", "1", "--no-report"]) == 0
+    assert sorted(p.name for p in (study_dir / "trials").iterdir()) == ["0", "1", "2"]
+    # another competition under the same study name is refused
+    other = [a if a != "2" else "3" for a in args]  # k=3
+    assert main([*other, "--trials", "1"]) == 2
+    assert "k was 2, now 3" in capsys.readouterr().err
+
+
+def test_timeout_is_respected(tmp_path):
+    args = _tiny(tmp_path)
+    assert main([*args, "--trials", "1", "--no-report"]) == 0  # folds and caches ready
+    start = time.time()
+    assert main([*args, "--trials", "1000", "--timeout", "4", "--no-report"]) == 0
+    assert time.time() - start < 4 * 1.1 + 1.5  # within 10 % plus the start-up of the study
+
+
+def test_resume_after_kill_mid_trial(tmp_path):
+    args = _tiny(tmp_path)
+    env = {**os.environ, "HEROSTACK_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "search.run", *args, "--trials", "50", "--no-report"],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    study_dir = tmp_path / "runs" / "t"
+    deadline, killed = time.time() + 180, None
+    while time.time() < deadline and killed is None:
+        time.sleep(0.05)
+        if not (study_dir / "study.db").exists():
+            continue
+        try:
+            ostudy = optuna.load_study(study_name="t", storage=make_storage(None, study_dir))
+        except KeyError:
+            continue
+        trials = ostudy.get_trials(deepcopy=False)
+        done = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        if len(done) >= 2 and running:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed = running[0].number
+    assert killed is not None, proc.communicate()[0]
+    complete_before = {t.number for t in ostudy.get_trials(states=(TrialState.COMPLETE,))}
+    time.sleep(3.5)  # the killed trial's heartbeat goes stale (grace period: 3 heartbeats)
+    assert main([*args, "--trials", "2", "--no-report"]) == 0
+    ostudy = optuna.load_study(study_name="t", storage=make_storage(None, study_dir))
+    trials = {t.number: t for t in ostudy.get_trials()}
+    assert trials[killed].state == TrialState.FAIL
+    assert complete_before <= {n for n, t in trials.items() if t.state == TrialState.COMPLETE}
+    assert any(t.system_attrs.get("failed_trial") == killed for t in trials.values())  # retried
+    folders = {p.name for p in (study_dir / "trials").iterdir()}
+    assert str(killed) not in folders and not any(f.startswith(".") for f in folders)
+    assert all((study_dir / "trials" / f / "meta.json").exists() for f in folders)
