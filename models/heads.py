@@ -8,8 +8,6 @@ view and predicts by averaging the views' probabilities (test-time augmentation)
 from __future__ import annotations
 
 import contextlib
-
-import contextlib
 import math
 from typing import Sequence
 
@@ -31,22 +29,6 @@ __all__ = [
 HEAD_KINDS = ("linear", "mlp")
 SCHEDULES = ("cosine", "onecycle", "constant")
 MIN_STEPS = 8  # optimiser steps per epoch at least
-
-
-@contextlib.contextmanager
-def single_cpu_thread(device):
-    """Run small CPU work on one thread. A head's matrices are small: with several threads,
-    each step pays for waking and syncing them, which on a busy 2-core machine measured 100×
-    slower (14 s against 0.1 s for a 12-row fit); one thread fits 3,500 × 1,280 in 0.4 s."""
-    if str(device) != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -174,9 +156,10 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
     standardize : scale features to zero mean, unit variance (statistics of the training rows).
         Off by default: on pooled EfficientNet-Lite0 features of CAX it was no better (0.49-0.56
         vs 0.59 validation accuracy on a 1,300-image subsample).
-    num_threads : CPU threads while fitting; "auto" = 1 for "linear" (its matrices are small: one
-        thread took 0.8 s for 7,000 x 1,280 rows where two took 0.8-27 s on a shared 2-core
-        machine), torch's setting for "mlp".
+    num_threads : CPU threads while fitting ("auto" = 1; None = torch's setting). A head's
+        matrices are small: each step with several threads pays for waking and syncing them. On
+        a shared 2-core machine, 7,000 x 1,280 rows took 0.8 s (linear) and 7.8 s (mlp 512) on
+        one thread, 0.8-27 s and 8-16 s on two.
     classes : the full, ordered class list; defaults to ``np.unique(y)``. Pass it when a fold may
         lack a class, so ``predict_proba`` still has one column per class.
     seed : makes a fit repeatable (on one device).
@@ -238,15 +221,13 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         target = torch.as_tensor(y_int).repeat(n_views).to(device)
         weight = class_weights(self.class_weight, y_int, n_classes)
 
-        threads = (1 if self.kind == "linear" else None) if self.num_threads == "auto" \
-            else self.num_threads
+        threads = 1 if self.num_threads == "auto" else self.num_threads
         with torch.random.fork_rng(devices=[]), _cpu_threads(threads if device.type == "cpu"
                                                              else None):
             torch.manual_seed(self.seed)
             model = _build_head(self.kind, d, n_classes, self.hidden, self.dropout).to(device)
             gen = torch.Generator(device="cpu").manual_seed(self.seed)
-            with single_cpu_thread(device):
-                self.loss_curve_ = self._train(model, x, target, weight, gen, device)
+            self.loss_curve_ = self._train(model, x, target, weight, gen, device)
         self.model_ = model.eval()
         self.n_features_in_ = d
         return self
