@@ -276,12 +276,14 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(f"X has {views.shape[-1]} features; the head was fitted on "
                              f"{self.n_features_in_}")
         device = next(self.model_.parameters()).device
+        threads = 1 if self.num_threads == "auto" else self.num_threads
         probs = []
-        for view in views:
-            x = torch.as_tensor(np.asarray(view), dtype=torch.float32)
-            x = ((x - self.mean_) / self.scale_).to(device)
-            probs.append(torch.softmax(self.model_(x).float(), dim=1).cpu().numpy()
-                         .astype(np.float64))
+        with _cpu_threads(threads if device.type == "cpu" else None):
+            for view in views:
+                x = torch.as_tensor(np.asarray(view), dtype=torch.float32)
+                x = ((x - self.mean_) / self.scale_).to(device)
+                probs.append(torch.softmax(self.model_(x).float(), dim=1).cpu().numpy()
+                             .astype(np.float64))
         return np.mean(probs, axis=0)
 
     def predict(self, X) -> np.ndarray:
