@@ -232,34 +232,42 @@ class FeatureCache:
                 "stored": stored, "aug_version": AUG_VERSION}
         stores = {v: self._store(backbone, info, size, prep, v, stage) for v in views}
         need = {v: {shas[i] for i in np.flatnonzero(stores[v].lookup(shas) < 0)} for v in views}
-        todo = [i for i in _first_index(shas) if any(shas[i] in need[v] for v in views)]
+        # Stage activations come from the same forward pass as pooled features, which head
+        # trials read: store those too while the trunk's work is at hand (the tail is cheap).
+        pooled = {v: self._store(backbone, info, size, prep, v, None) for v in views} if stage is not None else {}
+        need_pooled = {v: {shas[i] for i in np.flatnonzero(pooled[v].lookup(shas) < 0)} for v in pooled}
+        todo = [i for i in _first_index(shas)
+                if any(shas[i] in need[v] or shas[i] in need_pooled.get(v, ()) for v in views)]
         self.last_stats = {"computed": {v: 0 for v in views}, "forward_images": 0, "decoded": 0, "build_s": 0.0}
         started = time.perf_counter()
         if todo:
             self._compute(todo, paths, shas, backbone, info, size, stored, cfg, views, stores, need,
-                          stage=stage, weights=weights, checkpoint=checkpoint, batch_size=batch_size, progress=progress)
+                          stage=stage, weights=weights, checkpoint=checkpoint, batch_size=batch_size,
+                          progress=progress, pooled=pooled, need_pooled=need_pooled)
         out = {v: stores[v].take(stores[v].lookup(shas)) for v in views}
         self.last_stats["seconds"] = time.perf_counter() - started
         return out
 
     def _compute(self, todo, paths, shas, backbone, info, size, stored, cfg, views, stores, need, *,
-                 stage, weights, checkpoint, batch_size, progress) -> None:
+                 stage, weights, checkpoint, batch_size, progress, pooled=None, need_pooled=None) -> None:
+        pooled, need_pooled = pooled or {}, need_pooled or {}
         device, cuda = self.device, self.device.type == "cuda"
         started = time.perf_counter()
         model = create_backbone(backbone, weights=weights, checkpoint=checkpoint, num_classes=0)
         # channels-last: faster on GPUs and, with oneDNN, ~1.5x on CPUs for these depthwise nets
         model = model.to(device, memory_format=torch.channels_last).eval()
         self.last_stats["build_s"] = time.perf_counter() - started
-        net = model if stage is None else split_at_stage(model, stage)[0]
+        net, tail = (model, None) if stage is None else split_at_stage(model, stage)
         dtype = torch.float32 if stage is None else torch.float16
         decoded_before = len(self.images.store(stored, cfg["interpolation"]))
 
-        def forward(x: torch.Tensor) -> np.ndarray:
+        def forward(x: torch.Tensor, with_pooled: bool = False):
             x = x.contiguous(memory_format=torch.channels_last)
             with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
                 out = net(x)
+                pooled_out = tail(out).float().cpu().numpy() if with_pooled else None
             self.last_stats["forward_images"] += x.shape[0]
-            return out.to(dtype).contiguous().cpu().numpy()
+            return out.to(dtype).contiguous().cpu().numpy(), pooled_out
 
         bar = progress_bar(len(todo), f"features {backbone} {size}px {'+'.join(views)}", progress)
         try:
@@ -276,22 +284,31 @@ class FeatureCache:
                     images = images.pin_memory().to(device, non_blocking=True) if cuda else images
                     results = []
                     for v in views:
-                        sel = [k for k, s in enumerate(batch_shas) if s in need[v]]
+                        extra = need_pooled.get(v, ())
+                        sel = [k for k, s in enumerate(batch_shas) if s in need[v] or s in extra]
                         if sel:
                             sub = [batch_shas[k] for k in sel]
                             x = preprocess_batch(images[sel], v, size, cfg["mean"], cfg["std"], sha256s=sub,
                                                  interpolation=cfg["interpolation"])
-                            results.append((v, sub, forward(x)))
+                            rows, pooled_rows = forward(x, with_pooled=any(s in extra for s in sub))
+                            results.append((v, sub, rows, pooled_rows))
                     if results and not writers:
                         # Lock every store that gets rows, in one fixed order, so that processes
                         # sharing the cache never wait on each other in a cycle.
+                        shapes = {"act": results[0][2].shape[1:]}
                         for v in sorted(v for v in views if need[v]):
                             writers[v] = writing.enter_context(
-                                stores[v].writing(results[0][2].shape[1:], commit_every_s=self.commit_every_s))
-                    for v, sub, rows in results:
-                        for s, row in zip(sub, rows):
-                            writers[v].add(s, row)
-                        self.last_stats["computed"][v] += len(sub)
+                                stores[v].writing(shapes["act"], commit_every_s=self.commit_every_s))
+                        for v in sorted(v for v in pooled if need_pooled[v]):
+                            writers[("pooled", v)] = writing.enter_context(
+                                pooled[v].writing((model.num_features,), commit_every_s=self.commit_every_s))
+                    for v, sub, rows, pooled_rows in results:
+                        for k, (s, row) in enumerate(zip(sub, rows)):
+                            if s in need[v]:
+                                writers[v].add(s, row)
+                            if pooled_rows is not None and s in need_pooled.get(v, ()):
+                                writers[("pooled", v)].add(s, pooled_rows[k])
+                        self.last_stats["computed"][v] += sum(s in need[v] for s in sub)
                     bar.update(len(pos))
         finally:
             bar.close()

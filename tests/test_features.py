@@ -120,6 +120,17 @@ def test_stage_activations(cache, images):
     np.testing.assert_allclose(pooled, _get(cache, m)["plain"], atol=2e-2, rtol=2e-2)
 
 
+def test_stage_pass_also_fills_pooled_features(tmp_path, images, monkeypatch):
+    m = _manifest(images)
+    reference = _get(FeatureCache(tmp_path / "ref", device="cpu", commit_every_s=0.0), m, ("plain", "flip"))
+    cache = FeatureCache(tmp_path / "c", device="cpu", commit_every_s=0.0)
+    _get(cache, m, ("plain", "flip"), stage=3)
+    monkeypatch.setattr(features, "create_backbone", _no_model)  # the pooled rows are there already
+    pooled = _get(cache, m, ("plain", "flip"))
+    for v in ("plain", "flip"):
+        np.testing.assert_allclose(pooled[v], reference[v], atol=1e-4, rtol=1e-4)
+
+
 def test_an_interrupted_run_keeps_its_finished_rows(cache, images, tmp_path, monkeypatch):
     m = _manifest(images)
     calls = {"n": 0}
