@@ -28,7 +28,7 @@ class SpaceOptions:
     allow_full: bool = False  # full fine-tuning on a CPU: hours per trial, only on request
     sizes: tuple[int, ...] = ()  # empty: each backbone's native size (CPU) or a ladder (GPU)
     partial_stages: tuple[int, ...] = ()  # EfficientNet stages trained again; empty: (6,) on CPU, (5, 6) on GPU
-    max_aug_views: int = 3
+    max_aug_views: int = -1  # augmented cached views at most; -1: 2 on CPU (each view is a pass), 4 on GPU
     has_extra: bool = False
     modes: tuple[str, ...] = field(default=())
 
@@ -39,6 +39,10 @@ class SpaceOptions:
     @property
     def on_gpu(self) -> bool:
         return self.device.startswith("cuda")
+
+    @property
+    def aug_views(self) -> int:
+        return self.max_aug_views if self.max_aug_views >= 0 else (4 if self.on_gpu else 2)
 
     def stages(self) -> tuple[int, ...]:
         return self.partial_stages or ((5, 6) if self.on_gpu else (6,))
@@ -98,9 +102,9 @@ def suggest_config(trial: optuna.trial.BaseTrial, options: SpaceOptions, *, weig
         p["dropout"] = trial.suggest_float("dropout", 0.0, 0.5)
     if mode != "full":
         # augmentation and TTA as cached views: 0..K seeded crops, plus the mirror
-        max_train = options.max_aug_views if (mode == "head" or options.on_gpu) else 1
+        max_train = options.aug_views if (mode == "head" or options.on_gpu) else min(1, options.aug_views)
         p["train_views"] = trial.suggest_int("train_views", 0, max_train)
-        p["tta_views"] = trial.suggest_int("tta_views", 0, options.max_aug_views)
+        p["tta_views"] = trial.suggest_int("tta_views", 0, options.aug_views)
     p["flip"] = trial.suggest_categorical("flip", [True, False])
     if options.has_extra:
         p["use_extra"] = trial.suggest_categorical("use_extra", [True, False])
