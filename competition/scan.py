@@ -82,7 +82,8 @@ def _list_images(folder: Path, junk: list[str]) -> list[Path]:
     return files
 
 
-def _train_entries(spec: CompetitionSpec, data_dir: Path, junk: list[str]) -> list[tuple[str, Path, str]]:
+def _train_entries(spec: CompetitionSpec, data_dir: Path, junk: list[str], *,
+                   require_all_classes: bool = True) -> list[tuple[str, Path, str]]:
     root = data_dir / spec.train_dir
     if not root.is_dir():
         raise SpecError(f"train folder {root} does not exist")
@@ -96,7 +97,7 @@ def _train_entries(spec: CompetitionSpec, data_dir: Path, junk: list[str]) -> li
         if unknown:
             raise SpecError(f"{root}: class folders {unknown} are not in the class list {list(spec.classes)}")
         missing = [c for c in spec.classes if not (root / c).is_dir()]
-        if missing:
+        if missing and require_all_classes:
             raise SpecError(f"{root}: no folder for classes {missing}")
         for folder in folders:
             files = _list_images(folder, junk)
@@ -136,7 +137,7 @@ def _train_entries(spec: CompetitionSpec, data_dir: Path, junk: list[str]) -> li
         if missing:
             raise SpecError(f"{csv}: {len(missing)} ids have no image in {root}: {_examples(missing)}")
         empty = [c for c in spec.classes if c not in set(df[spec.train_csv_label_column])]
-        if empty:
+        if empty and require_all_classes:
             raise SpecError(f"{csv}: classes with no images: {empty}")
     return entries
 
@@ -193,6 +194,24 @@ def _probe(path: Path) -> dict:
     }
 
 
+def probe_images(rows_in, *, progress: bool = True, num_workers: int = 4, desc: str = "scan"):
+    """Hash and decode each (image_id, split, path, label) once, streaming: one image in memory
+    per worker. Returns the manifest rows that decoded and the list of those that did not."""
+
+    def work(item):
+        image_id, split, path, label = item
+        try:
+            return {"image_id": image_id, "split": split, "path": str(path), "label": label, **_probe(path)}, None
+        except Exception as exc:  # any decoding failure: report the file, leave it out
+            return None, {"path": str(path), "split": split, "error": f"{type(exc).__name__}: {exc}"}
+
+    rows, unreadable = [], []
+    with ThreadPoolExecutor(max_workers=num_workers) as pool:
+        for row, err in tqdm(pool.map(work, rows_in), total=len(rows_in), desc=desc, disable=not progress, unit="img"):
+            (rows.append(row) if row else unreadable.append(err))
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), unreadable
+
+
 def scan(data_dir: str | os.PathLike, spec: CompetitionSpec, *, progress: bool = True, num_workers: int = 4) -> ScanResult:
     """Scan ``data_dir`` as ``spec`` describes it. Raises ``SpecError`` on layout errors."""
     data_dir = Path(data_dir).resolve()
@@ -205,19 +224,7 @@ def scan(data_dir: str | os.PathLike, spec: CompetitionSpec, *, progress: bool =
     train = _train_entries(spec, data_dir, junk)
     test, _ = _test_entries(spec, data_dir, junk)
     rows_in = [(i, "train", p, lab) for i, p, lab in train] + [(i, "test", p, lab) for i, p, lab in test]
-
-    def work(item):
-        image_id, split, path, label = item
-        try:
-            return {"image_id": image_id, "split": split, "path": str(path), "label": label, **_probe(path)}, None
-        except Exception as exc:  # any decoding failure: report the file, leave it out
-            return None, {"path": str(path), "split": split, "error": f"{type(exc).__name__}: {exc}"}
-
-    rows, unreadable = [], []
-    with ThreadPoolExecutor(max_workers=num_workers) as pool:
-        for row, err in tqdm(pool.map(work, rows_in), total=len(rows_in), desc="scan", disable=not progress, unit="img"):
-            (rows.append(row) if row else unreadable.append(err))
-    manifest = pd.DataFrame(rows, columns=MANIFEST_COLUMNS)
+    manifest, unreadable = probe_images(rows_in, progress=progress, num_workers=num_workers)
     tr = manifest[manifest.split == "train"]
     counts = tr.label.value_counts()
     gone = [c for c in spec.classes if counts.get(c, 0) == 0]

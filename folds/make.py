@@ -207,6 +207,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="fold shuffling seed")
     p.add_argument("--phash-max", type=int, default=GroupRule.phash_max, help="near-duplicate pHash distance")
     p.add_argument("--dhash-max", type=int, default=GroupRule.dhash_max, help="near-duplicate dHash distance")
+    p.add_argument("--extra-train", default=None,
+                   help="extra labelled images (class folders, or images + CSV id,label) used only in training folds")
     return p
 
 
@@ -216,6 +218,11 @@ def main(argv=None) -> int:
     try:
         study = prepare_study(args.data, args.competition, args.workdir, args.study, k=args.k, seed=args.seed,
                               rule=GroupRule(args.phash_max, args.dhash_max))
+        if args.extra_train:
+            from folds.extra import prepare_extra
+
+            extra = prepare_extra(study, args.extra_train)
+            print(extra.summary())
     except (SpecError, FoldsError, StudyMismatch) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

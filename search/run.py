@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", default=None, help="comma-separated training modes: head,partial,full")
     p.add_argument("--allow-full", action="store_true", help="propose full fine-tuning on a CPU too (slow)")
     p.add_argument("--exclude", default=None, help="CSV with an image_id column: images left out of training folds")
+    p.add_argument("--extra-train", default=None,
+                   help="extra labelled images used only inside training folds (never validated or scored)")
     p.add_argument("--exclude-from-validation", action="store_true", help="also leave --exclude images out of CV scoring")
     p.add_argument("--heartbeat", type=int, default=10, help="seconds between trial heartbeats (stale trials are retried)")
     p.add_argument("--no-report", action="store_true", help="skip the plots and HTML page at the end")
@@ -95,11 +97,17 @@ def main(argv=None) -> int:
     try:
         study = prepare_study(data, competition, workdir, study_name, k=args.k, seed=args.fold_seed)
         exclude = read_exclusions(args.exclude, study) if args.exclude else frozenset()
+        extra = None
+        if args.extra_train:
+            from folds.extra import prepare_extra
+
+            extra = prepare_extra(study, args.extra_train)
         options = SpaceOptions(
             backbones=tuple(args.backbones.split(",")) if args.backbones else default_backbones(),
             device=device,
             allow_full=args.allow_full,
             modes=tuple(args.modes.split(",")) if args.modes else (),
+            has_extra=extra is not None and extra.report["count"] > 0,
         )
         ostudy = open_study(study, args.storage, seed=args.seed, heartbeat=args.heartbeat,
                             prune=args.pruner != "none")
@@ -126,7 +134,9 @@ def main(argv=None) -> int:
         weights = "random" if args.random_init else "auto"
         objective = Objective(study=study, suggest=lambda t: suggest_config(t, options, weights=weights),
                               cache_root=workdir / "cache", device=device, deadline=deadline,
-                              exclude_ids=exclude, exclude_from_validation=args.exclude_from_validation)
+                              exclude_ids=exclude, exclude_from_validation=args.exclude_from_validation,
+                              extra_train=extra.manifest if extra is not None else None,
+                              extra_info=extra.info if extra is not None else None)
         total = args.trials if args.target_complete is None else args.target_complete
         progress = ProgressCallback(total, ostudy, deadline=deadline)
         try:
