@@ -275,7 +275,10 @@ class LGBMStack(Stacker):
         X = features(P, self.log_odds)
         self.n_models_, self.n_classes_ = P.shape[1], P.shape[2]
         counts = np.bincount(y, minlength=self.n_classes_)
-        stratify = y if counts[counts > 0].min() >= 2 else None
+        n_valid = int(np.ceil(self.inner_valid * len(y)))
+        present = int((counts > 0).sum())
+        # Stratify when every class can be on both sides; tiny folds split at random instead.
+        stratify = y if counts[counts > 0].min() >= 2 and n_valid >= present and len(y) - n_valid >= present else None
         tr, va = train_test_split(np.arange(len(y)), test_size=self.inner_valid,
                                   random_state=self.seed, stratify=stratify)
         params = self._params(X.shape[1], self.n_classes_)
