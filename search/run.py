@@ -8,6 +8,7 @@ into the work folder. Running the same command again continues the same study.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -136,7 +137,8 @@ def main(argv=None) -> int:
                               cache_root=workdir / "cache", device=device, deadline=deadline,
                               exclude_ids=exclude, exclude_from_validation=args.exclude_from_validation,
                               extra_train=extra.manifest if extra is not None else None,
-                              extra_info=extra.info if extra is not None else None)
+                              extra_info=extra.info if extra is not None else None,
+                              progress=not os.environ.get("HEROSTACK_NO_PROGRESS"))
         total = args.trials if args.target_complete is None else args.target_complete
         progress = ProgressCallback(total, ostudy, deadline=deadline)
         try:
