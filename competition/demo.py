@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageChops, ImageDraw, ImageEnhance, ImageFilter
 
+from competition.spec import CAX_CLASSES, CAX_LABELS
 from competition.io import atomic_write_csv, atomic_write_json, read_json
 
 __all__ = [
@@ -49,14 +50,9 @@ __all__ = [
     "main",
 ]
 
-CLASSES: tuple[str, ...] = (
-    "Ant-Man", "Aquaman", "Avengers", "Batman", "Black Panther", "Captain America",
-    "Catwoman", "Ghost Rider", "Hulk", "Iron Man", "Spiderman", "Superman",
-)
-SUBMISSION_LABELS: tuple[str, ...] = (
-    "ant_man", "aqua_man", "avengers", "bat_man", "black_panther", "captain_america",
-    "cat_woman", "ghostrider", "hulk", "iron_man", "spider_man", "super_man",
-)
+# The demo is written in the exact CAX layout and spelling.
+CLASSES: tuple[str, ...] = CAX_CLASSES
+SUBMISSION_LABELS: tuple[str, ...] = CAX_LABELS
 
 TRAIN_DIR = "CAX_Superhero_Train"
 TEST_DIR = "CAX_Superhero_Test"

@@ -88,8 +88,10 @@ def suggest_config(trial: optuna.trial.BaseTrial, options: SpaceOptions, *, weig
         p["stage"] = trial.suggest_categorical("stage", list(stages)) if len(stages) > 1 else stages[0]
         p["lr"] = trial.suggest_float("lr", 3e-4, 1e-2, log=True)
         p["lr_ratio"] = trial.suggest_float("lr_ratio", 1 / 9, 1 / 3, log=True)
-        p["epochs"] = trial.suggest_int("epochs", 3, 10) if options.on_gpu else trial.suggest_int("epochs", 2, 5)
+        p["epochs"] = trial.suggest_int("epochs", 3, 10) if options.on_gpu else trial.suggest_int("epochs", 4, 8)
         p["dropout"] = trial.suggest_float("dropout", 0.0, 0.5)
+        # a fresh head and the last stage need a few hundred steps: small batches on small data
+        p["batch_size"] = 64 if options.on_gpu else 32
     else:  # full fine-tuning, the staged recipe
         p["lr"] = trial.suggest_float("lr", 1e-4, 3e-3, log=True)
         p["lr_ratio"] = trial.suggest_float("lr_ratio", 1 / 9, 1 / 3, log=True)
