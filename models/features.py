@@ -175,6 +175,10 @@ def _short(key: str) -> str:
     return key[:16] if re.fullmatch(r"[0-9a-f]{64}", key) else hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+class DeadlineReached(TimeoutError):
+    """Extraction stopped at the caller's deadline; the rows finished so far are kept."""
+
+
 class FeatureCache:
     """Backbone features per image content hash and view, memory-mapped on disk under ``root``.
 
@@ -184,8 +188,10 @@ class FeatureCache:
     """
 
     def __init__(self, root: str | os.PathLike, device: str | torch.device = "auto", *,
-                 num_workers: int | None = None, commit_every_s: float = 10.0):
+                 num_workers: int | None = None, commit_every_s: float = 10.0,
+                 deadline: float | None = None):
         self.root = Path(root)
+        self.deadline = deadline  # time.time() after which extraction stops (a search's --timeout)
         self.device = _resolve_device(device)
         self.num_workers = num_workers or max(2, min(8, os.cpu_count() or 2))
         self.commit_every_s = commit_every_s
@@ -279,6 +285,9 @@ class FeatureCache:
                 )
                 writing.callback(batches.close)  # stop the decoder threads first on an error
                 for pos, u8 in batches:
+                    if self.deadline is not None and time.time() > self.deadline:
+                        raise DeadlineReached(f"feature extraction for {backbone} stopped at the deadline "
+                                              f"after {self.last_stats['forward_images']} forward images")
                     batch_shas = [shas[todo[j]] for j in pos]
                     images = torch.from_numpy(u8)
                     images = images.pin_memory().to(device, non_blocking=True) if cuda else images

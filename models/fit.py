@@ -16,6 +16,7 @@ plain, flip (when ``flip``) and ``train_views`` augmented crops; prediction aver
 """
 from __future__ import annotations
 
+import contextvars
 import dataclasses
 import math
 import time
@@ -28,6 +29,8 @@ import pandas as pd
 from models.heads import HEAD_KINDS, HeadClassifier, resolve_device
 
 __all__ = ["FitConfig", "FoldResult", "fit_predict_fold", "MODES", "MODE_DEFAULTS"]
+
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("herostack_deadline", default=None)
 
 MODES = ("head", "partial", "full")
 # Per-mode defaults for the fields left as None: what one fold needs to train well.
@@ -160,7 +163,7 @@ class FoldResult:
 def fit_predict_fold(config: FitConfig, manifest: pd.DataFrame, train_idx, val_idx, test_idx, *,
                      classes: Sequence[str], cache_root, device: str = "auto",
                      progress: bool = False, extra_train_idx=None,
-                     work_dir=None) -> FoldResult:
+                     work_dir=None, deadline: float | None = None) -> FoldResult:
     """Fit ``config`` on ``train_idx`` (+ ``extra_train_idx``) and predict ``val_idx``/``test_idx``.
 
     Indices are positional rows of ``manifest`` (columns image_id, split, path, label, sha256).
@@ -188,9 +191,13 @@ def fit_predict_fold(config: FitConfig, manifest: pd.DataFrame, train_idx, val_i
     y = _labels(manifest, train_idx, classes)
     device = resolve_device(device)
     run = {"head": _fit_head, "partial": _fit_partial, "full": _fit_full}[config.mode]
-    val_proba, test_proba, timings, info = run(
-        config, manifest, train_idx, y, val_idx, test_idx, classes=classes,
-        cache_root=Path(cache_root), device=device, progress=progress, work_dir=work_dir)
+    token = _DEADLINE.set(deadline)  # feature extraction stops there (models.features.DeadlineReached)
+    try:
+        val_proba, test_proba, timings, info = run(
+            config, manifest, train_idx, y, val_idx, test_idx, classes=classes,
+            cache_root=Path(cache_root), device=device, progress=progress, work_dir=work_dir)
+    finally:
+        _DEADLINE.reset(token)
     return FoldResult(_normalised(val_proba, len(val_idx), len(classes)),
                       _normalised(test_proba, len(test_idx), len(classes)), timings, info)
 
@@ -232,7 +239,7 @@ def _features(config, manifest, idx, views, *, cache_root, device, progress, sta
     """``[V, len(idx), ...]`` cached features (or stage activations) for rows ``idx``."""
     from models.features import FeatureCache
 
-    cache = FeatureCache(cache_root, device=str(device))
+    cache = FeatureCache(cache_root, device=str(device), deadline=_DEADLINE.get())
     got = cache.get(manifest.iloc[idx].reset_index(drop=True), config.backbone, config.image_size,
                     views=tuple(views), stage=stage, weights=config.weights, progress=progress)
     return np.stack([np.asarray(got[v]) for v in views])

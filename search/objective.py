@@ -125,11 +125,14 @@ class Objective:
             is_val = folds.fold.to_numpy() == fold
             train_rows = train_pos[~is_val & ~excluded]
             val_mask = is_val & ~excluded if self.exclude_from_validation else is_val
-            result = self.fit_fn(
-                config, manifest, train_rows, train_pos[is_val], test_pos,
-                classes=classes, cache_root=self.cache_root, device=self.device, progress=self.progress,
-                extra_train_idx=extra_pos if use_extra else None,
-            )
+            try:
+                result = self.fit_fn(
+                    config, manifest, train_rows, train_pos[is_val], test_pos,
+                    classes=classes, cache_root=self.cache_root, device=self.device, progress=self.progress,
+                    extra_train_idx=extra_pos if use_extra else None, deadline=self.deadline,
+                )
+            except TimeoutError as exc:  # models.features.DeadlineReached: extraction hit --timeout
+                raise BudgetExhausted(f"--timeout reached in fold {fold} of trial {trial.number}: {exc}") from exc
             oof[is_val] = result.val_proba
             test_sum += result.test_proba
             for key in timings:

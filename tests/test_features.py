@@ -1,6 +1,8 @@
 """models.images (decoded-image cache) and models.features (feature cache), on tiny PNGs."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -129,6 +131,16 @@ def test_stage_pass_also_fills_pooled_features(tmp_path, images, monkeypatch):
     pooled = _get(cache, m, ("plain", "flip"))
     for v in ("plain", "flip"):
         np.testing.assert_allclose(pooled[v], reference[v], atol=1e-4, rtol=1e-4)
+
+
+def test_deadline_stops_extraction_and_keeps_finished_rows(tmp_path, images):
+    m = _manifest(images)
+    cache = FeatureCache(tmp_path / "c", device="cpu", commit_every_s=0.0, deadline=time.time() - 1)
+    with pytest.raises(features.DeadlineReached, match="stopped at the deadline"):
+        cache.get(m, NET, SIZE, ("plain",), weights="random", progress=False, batch_size=2)
+    later = FeatureCache(tmp_path / "c", device="cpu", commit_every_s=0.0)
+    later.get(m, NET, SIZE, ("plain",), weights="random", progress=False, batch_size=2)
+    assert later.last_stats["computed"]["plain"] == 5  # nothing was half-written before
 
 
 def test_an_interrupted_run_keeps_its_finished_rows(cache, images, tmp_path, monkeypatch):

@@ -23,7 +23,8 @@ class FakeResult:
     timings: dict
 
 
-def fake_fit(config, manifest, train_idx, val_idx, test_idx, *, classes, cache_root, device, progress, extra_train_idx):
+def fake_fit(config, manifest, train_idx, val_idx, test_idx, *, classes, cache_root, device, progress, extra_train_idx,
+             deadline=None):
     """Probabilities that favour the true class by ``config['skill']``; raises when asked to."""
     if config.get("explode"):
         raise RuntimeError("boom: this config cannot be fitted")
