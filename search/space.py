@@ -35,6 +35,13 @@ class SpaceOptions:
     def __post_init__(self):
         if not self.backbones:
             raise ValueError("the search space needs at least one backbone with weights on this machine")
+        from models.backbones import get_spec
+
+        for name in self.backbones:
+            get_spec(name)  # an unknown name fails here, naming the known ones
+        unknown = sorted(set(self.modes) - {"head", "partial", "full"})
+        if unknown:
+            raise ValueError(f"unknown training modes {unknown}; modes are head, partial, full")
 
     @property
     def on_gpu(self) -> bool:

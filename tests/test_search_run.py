@@ -57,6 +57,13 @@ def test_space_follows_the_device():
         suggest_config(FixedTrial(partial), SpaceOptions(backbones=LITE, device="cpu"))
 
 
+def test_space_options_are_checked():
+    with pytest.raises(ValueError, match="unknown backbone 'resnet9000'; known backbones: .*efficientnet_lite0"):
+        SpaceOptions(backbones=("resnet9000",))
+    with pytest.raises(ValueError, match=r"unknown training modes \['fast'\]"):
+        SpaceOptions(backbones=LITE, modes=("head", "fast"))
+
+
 def test_space_only_suggests_what_applies():
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     options = SpaceOptions(backbones=LITE, device="cpu")
