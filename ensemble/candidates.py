@@ -15,7 +15,8 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from competition.io import ArtefactError, read_json, read_probabilities, sha256_file
+from competition.io import ArtefactError, read_json, read_probabilities
+from folds.make import StudyMismatch, load_folds
 from competition.metrics import Metric, get_metric
 from ensemble.stackers import features
 
@@ -87,11 +88,10 @@ def load_study(workdir: str | os.PathLike = "runs", study: str = "demo") -> Stud
             raise ArtefactError(f"study {study!r}: {path} is missing (run the folds step first)")
     spec = read_json(spec_path)
     classes = tuple(spec["classes"])
-    folds_hash = read_json(folds_json)["hash"]
-    actual = sha256_file(folds_csv)
-    if actual != folds_hash:
-        raise ArtefactError(f"{folds_csv}: sha256 {actual[:12]}… differs from folds.json hash {folds_hash[:12]}…")
-    folds = pd.read_csv(folds_csv, dtype={"image_id": str, "label": str})
+    try:
+        folds, folds_hash = load_folds(study_dir)  # refuses a folds.csv edited after the fact
+    except StudyMismatch as exc:
+        raise ArtefactError(str(exc)) from exc
     unknown = sorted(set(folds["label"]) - set(classes))
     if unknown:
         raise ArtefactError(f"{folds_csv}: labels {unknown[:5]} are not among the spec's classes {list(classes)}")

@@ -16,7 +16,6 @@ import hashlib
 import os
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from competition.scan import _train_entries, probe_images

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextvars
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Sequence

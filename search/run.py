@@ -14,12 +14,11 @@ import time
 from pathlib import Path
 
 import optuna
-import pandas as pd
 
 from competition.spec import SpecError
 from folds.grouping import FoldsError
 from folds.make import StudyMismatch, prepare_study
-from search.objective import BudgetExhausted, Objective
+from search.objective import Objective
 from search.space import SpaceOptions, default_backbones, suggest_config
 from search.study import ProgressCallback, open_study, read_exclusions, resolve_device, summary_table
 from search.workers import launch_workers, run_until_complete

@@ -31,8 +31,6 @@ def _picture(cls_idx: int, n_classes: int, seed: int, size: int = 40) -> Image.I
 def write_competition(root: Path, classes=("Ant-Man", "Batman", "Hulk"), per_class=(8, 6, 5), n_test=6,
                       seed: int = 0, size: int = 40) -> Path:
     """A CAX-layout competition: train folders, test folder, sample submission."""
-    from competition.spec import PRESETS
-
     root = Path(root)
     train = root / "CAX_Superhero_Train"
     for i, (cls, n) in enumerate(zip(classes, per_class)):

@@ -98,7 +98,7 @@ def test_meta_feature_names_are_trial_class(study_dir):
 def test_folds_csv_edited_after_hashing_is_refused(study_dir):
     with open(study_dir / "folds.csv", "a") as fh:
         fh.write("extra,a,0,extra\n")
-    with pytest.raises(ArtefactError, match="differs from folds.json hash"):
+    with pytest.raises(ArtefactError, match="differs from folds.json"):
         load_study(study_dir.parent, study_dir.name)
 
 

@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pandas as pd
-import pytest
 
 from competition.demo import make_demo
 from ensemble.build import main as ensemble_main

@@ -41,10 +41,6 @@ def fake_fit(config, manifest, train_idx, val_idx, test_idx, *, classes, cache_r
 
 @pytest.fixture
 def study(tmp_path):
-    import dataclasses
-
-    from competition.spec import PRESETS
-
     data = write_competition(tmp_path / "data", per_class=(9, 8, 7), n_test=5)
     spec = tmp_path / "tiny.json"
     spec.write_text(json.dumps({
