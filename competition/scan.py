@@ -207,7 +207,8 @@ def probe_images(rows_in, *, progress: bool = True, num_workers: int = 4, desc: 
 
     rows, unreadable = [], []
     with ThreadPoolExecutor(max_workers=num_workers) as pool:
-        for row, err in tqdm(pool.map(work, rows_in), total=len(rows_in), desc=desc, disable=not progress, unit="img"):
+        for row, err in tqdm(pool.map(work, rows_in), total=len(rows_in), desc=desc, unit="img",
+                             disable=not progress or bool(os.environ.get("HEROSTACK_NO_PROGRESS"))):
             (rows.append(row) if row else unreadable.append(err))
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), unreadable
 
