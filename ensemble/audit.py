@@ -118,6 +118,12 @@ def _manifest_paths(study: Study) -> pd.Series | None:
     return manifest.drop_duplicates("image_id").set_index("image_id")["path"]
 
 
+def _short_id(image_id: str, width: int = 22) -> str:
+    """The file part of an id, cut to fit under a thumbnail (the CSV has the whole id)."""
+    name = str(image_id).rsplit("/", 1)[-1]
+    return name if len(name) <= width else "…" + name[-(width - 1):]
+
+
 def _load_image(path: str):
     try:
         from competition.images import load_rgb
@@ -156,7 +162,7 @@ def run_audit(study: Study, source: str = "auto", top: int | None = None, sheet:
     if "path" in issues.columns and sheet > 0:
         shown = issues[issues["path"].map(lambda p: bool(p) and os.path.exists(p))].head(sheet)
         if len(shown):
-            items = [(r.path, f"#{r.rank} {r.image_id}\n{r.given_label} → {r.suggested_label} "
+            items = [(r.path, f"#{r.rank} {_short_id(r.image_id)}\n{r.given_label} →\n{r.suggested_label} "
                               f"({r.given_prob:.2f}→{r.suggested_prob:.2f})")
                      for r in shown.itertuples()]
             from ensemble.plots import contact_sheet_png

@@ -82,7 +82,7 @@ def contact_sheet_png(images: Sequence[tuple[str, str]], path, load: Callable[[s
     shows its caption and the reason instead."""
     columns = max(1, min(columns, len(images)))
     rows = max(1, -(-len(images) // columns))
-    fig = Figure(figsize=(columns * thumb, rows * (thumb + 0.45)))
+    fig = Figure(figsize=(columns * thumb, rows * (thumb + 0.7)))
     axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
     for ax in axes:
         ax.axis("off")
