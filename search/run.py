@@ -19,7 +19,7 @@ from competition.spec import SpecError
 from folds.grouping import FoldsError
 from folds.make import StudyMismatch, prepare_study
 from search.objective import Objective
-from search.space import SpaceOptions, default_backbones, suggest_config
+from search.space import SpaceOptions, check_space, default_backbones, suggest_config
 from search.study import ProgressCallback, open_study, read_exclusions, resolve_device, summary_table
 from search.workers import launch_workers, run_until_complete
 
@@ -111,6 +111,7 @@ def main(argv=None) -> int:
         )
         ostudy = open_study(study, args.storage, seed=args.seed, heartbeat=args.heartbeat,
                             prune=args.pruner != "none")
+        check_space(ostudy, options)
     except (SpecError, FoldsError, StudyMismatch, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import optuna
 
-__all__ = ["SpaceOptions", "suggest_config", "default_backbones"]
+__all__ = ["SpaceOptions", "suggest_config", "default_backbones", "check_space"]
 
 
 def default_backbones() -> tuple[str, ...]:
@@ -71,23 +71,27 @@ def suggest_config(trial: optuna.trial.BaseTrial, options: SpaceOptions, *, weig
     from models.fit import FitConfig
 
     backbone = trial.suggest_categorical("backbone", list(options.backbones))
-    sizes = options.sizes
-    if not sizes:
-        native = _native_size(backbone)
-        sizes = (native,) if not options.device.startswith("cuda") else (native, native + 64)
-    image_size = trial.suggest_categorical("image_size", list(sizes)) if len(sizes) > 1 else sizes[0]
+    if options.sizes:  # the user's own sizes, the same for every backbone
+        sizes = options.sizes
+        image_size = trial.suggest_categorical("image_size", list(sizes)) if len(sizes) > 1 else sizes[0]
+    else:  # the weights' native size, and on a GPU also 64 px more (an offset: the same choices for all)
+        offset = trial.suggest_categorical("size_offset", [0, 64]) if options.on_gpu else 0
+        image_size = _native_size(backbone) + offset
     mode = trial.suggest_categorical("mode", list(options.allowed_modes()))
     p: dict = {"backbone": backbone, "image_size": int(image_size), "mode": mode, "weights": weights}
     p["label_smoothing"] = trial.suggest_float("label_smoothing", 0.0, 0.2)
     p["weight_decay"] = trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True)
     p["class_weight"] = trial.suggest_categorical("class_weight", ["none", "balanced"])
     if mode == "head":
+        # An MLP head's cost grows with epochs × views: on a CPU an 80-epoch head took a minute a
+        # trial on the demo, and the best CAX heads used 20-40 epochs. (Categorical choices stay
+        # the same on every device: Optuna refuses a study whose choices change between trials.)
         p["head"] = trial.suggest_categorical("head", ["linear", "mlp"])
         if p["head"] == "mlp":
             p["hidden"] = trial.suggest_categorical("hidden", [256, 512, 1024])
             p["dropout"] = trial.suggest_float("dropout", 0.0, 0.6)
         p["lr"] = trial.suggest_float("lr", 1e-4, 3e-2, log=True)
-        p["epochs"] = trial.suggest_int("epochs", 10, 80, step=10)
+        p["epochs"] = trial.suggest_int("epochs", 10, 80 if options.on_gpu else 50, step=10)
     elif mode == "partial":
         # On a CPU one epoch over the last stage costs seconds per thousand image views, so the
         # space keeps epochs and trained views small there; a GPU gets the deeper, longer range.
@@ -118,3 +122,20 @@ def suggest_config(trial: optuna.trial.BaseTrial, options: SpaceOptions, *, weig
     if options.has_extra:
         p["use_extra"] = trial.suggest_categorical("use_extra", [True, False])
     return FitConfig.from_dict(p)
+
+
+def check_space(study: optuna.Study, options: SpaceOptions) -> None:
+    """Refuse to continue a study with other backbones or training modes.
+
+    Optuna fails every trial whose categorical choices differ from the study's earlier trials
+    ("CategoricalDistribution does not support dynamic value space"); saying so up front, with
+    what differs, beats a study full of failed trials.
+    """
+    space = {"backbones": list(options.backbones), "modes": list(options.allowed_modes())}
+    recorded = study.user_attrs.get("space")
+    if recorded is None:
+        study.set_user_attr("space", space)
+    elif recorded != space:
+        diff = "; ".join(f"{k} were {recorded.get(k)}, now {v}" for k, v in space.items() if recorded.get(k) != v)
+        raise ValueError(f"study {study.study_name!r} searches another space: {diff}. Run with the same "
+                         "--backbones/--modes (and --allow-full or device), or use another --study.")

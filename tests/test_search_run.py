@@ -43,13 +43,12 @@ def test_space_with_fixed_trial(params, expect):
 
 def test_space_follows_the_device():
     full = {**COMMON, "backbone": "efficientnet_lite0", "mode": "full", "lr": 1e-3, "lr_ratio": 0.2, "epochs": 5,
-            "cycles": 2, "cycle_mult": 2, "frozen_epochs": 1, "randaug_magnitude": 9, "mixup": 0.2, "dropout": 0.1,
-            "image_size": 288}
+            "cycles": 2, "cycle_mult": 2, "frozen_epochs": 1, "randaug_magnitude": 9, "mixup": 0.2, "dropout": 0.1}
     with pytest.raises(ValueError, match="'full' not in"):
         suggest_config(FixedTrial(full), SpaceOptions(backbones=LITE, device="cpu"))
-    config = suggest_config(FixedTrial(full), SpaceOptions(backbones=LITE, device="cuda"))
+    config = suggest_config(FixedTrial({**full, "size_offset": 64}), SpaceOptions(backbones=LITE, device="cuda"))
     assert (config.mode, config.cycles, config.cycle_mult, config.image_size) == ("full", 2, 2, 288)
-    assert suggest_config(FixedTrial({**full, "image_size": 224}), SpaceOptions(backbones=LITE, device="cpu", allow_full=True)).mode == "full"
+    assert suggest_config(FixedTrial(full), SpaceOptions(backbones=LITE, device="cpu", allow_full=True)).mode == "full"
     # CPU partial fine-tuning stays short: more than 8 epochs is outside the CPU space
     partial = {**COMMON, "backbone": "efficientnet_lite0", "mode": "partial", "lr": 1e-3, "lr_ratio": 0.2,
                "epochs": 12, "dropout": 0.1, "train_views": 1, "tta_views": 0}
@@ -62,6 +61,20 @@ def test_space_options_are_checked():
         SpaceOptions(backbones=("resnet9000",))
     with pytest.raises(ValueError, match=r"unknown training modes \['fast'\]"):
         SpaceOptions(backbones=LITE, modes=("head", "fast"))
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_space_keeps_the_same_choices_across_trials(tmp_path, device):
+    """Optuna's storages refuse categorical choices that change between trials of one study."""
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}",
+                                sampler=optuna.samplers.RandomSampler(seed=0))
+    options = SpaceOptions(backbones=("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
+                           device=device, has_extra=True)
+    for _ in range(40):
+        trial = study.ask()
+        suggest_config(trial, options)  # raises "dynamic value space" if choices depended on others
+        study.tell(trial, 0.5)
+    assert {t.params["backbone"] for t in study.trials} == set(options.backbones)
 
 
 def test_space_only_suggests_what_applies():
@@ -100,6 +113,10 @@ def test_run_writes_trials_table_and_report(tmp_path, capsys):
     # the same command continues the same study
     assert main([*args, "--trials", "1", "--no-report"]) == 0
     assert sorted(p.name for p in (study_dir / "trials").iterdir()) == ["0", "1", "2"]
+    # other backbones under the same study are refused up front (Optuna would fail every trial)
+    other_space = [a if a != "test_efficientnet" else "test_efficientnet,test_resnet" for a in args]
+    assert main([*other_space, "--trials", "1"]) == 2
+    assert "searches another space: backbones were ['test_efficientnet']" in capsys.readouterr().err
     # another competition under the same study name is refused
     other = [a if a != "2" else "3" for a in args]  # k=3
     assert main([*other, "--trials", "1"]) == 2
