@@ -58,6 +58,21 @@ def spec_for(classes=("Ant-Man", "Batman", "Hulk")):
                                submission_labels=tuple(labels.get(c, c.lower()) for c in classes))
 
 
+TINY_SPEC = {
+    "train_dir": "CAX_Superhero_Train", "test_dir": "CAX_Superhero_Test",
+    "sample_submission": "Superhero_Submission_Format.csv", "id_column": "filename",
+    "label_column": "Superhero", "labels": {"Ant-Man": "ant_man", "Batman": "bat_man", "Hulk": "hulk"},
+}
+
+
+def write_tiny_spec(path: Path) -> Path:
+    """A user's spec file (JSON) for the three-class competitions ``write_competition`` makes."""
+    import json
+
+    Path(path).write_text(json.dumps(TINY_SPEC))
+    return Path(path)
+
+
 @pytest.fixture
 def tiny_competition(tmp_path) -> Path:
     return write_competition(tmp_path / "data")

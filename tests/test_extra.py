@@ -17,21 +17,15 @@ from search.objective import Objective
 from search.run import main as search_main
 from PIL import Image
 
-from tests.conftest import write_competition
+from tests.conftest import write_competition, write_tiny_spec
 from tests.test_search_objective import fake_fit
 
-SPEC = {
-    "train_dir": "CAX_Superhero_Train", "test_dir": "CAX_Superhero_Test",
-    "sample_submission": "Superhero_Submission_Format.csv", "id_column": "filename",
-    "label_column": "Superhero", "labels": {"Ant-Man": "ant_man", "Batman": "bat_man", "Hulk": "hulk"},
-}
 
 
 @pytest.fixture
 def setup(tmp_path):
     data = write_competition(tmp_path / "data", per_class=(8, 8, 8), n_test=4, size=32)
-    spec = tmp_path / "tiny.json"
-    spec.write_text(json.dumps(SPEC))
+    spec = write_tiny_spec(tmp_path / "tiny.json")
     study = prepare_study(data, spec, tmp_path / "runs", "x", k=2, log=lambda *a: None, progress=False)
     extra = tmp_path / "extra"
     for i, cls in enumerate(("Ant-Man", "Batman", "Hulk")):

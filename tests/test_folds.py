@@ -1,7 +1,6 @@
 """folds/: invariants of the split, near-duplicate grouping, and the once-per-study rule."""
 from __future__ import annotations
 
-import json
 import shutil
 
 import numpy as np
@@ -10,7 +9,7 @@ import pytest
 
 from folds.grouping import FoldsError, GroupRule, make_folds, near_duplicate_groups
 from folds.make import StudyMismatch, load_folds, main, prepare_study
-from tests.conftest import write_competition
+from tests.conftest import write_competition, write_tiny_spec
 
 
 @pytest.mark.parametrize("seed", [0, 1, 7])
@@ -56,11 +55,7 @@ def test_prepare_study_writes_and_refuses_changes(tmp_path, capsys):
     # an exact duplicate must land in one fold
     shutil.copy(data / "CAX_Superhero_Train/Hulk/Hul_0.jpg", data / "CAX_Superhero_Train/Hulk/Hul_0_again.jpg")
     spec = tmp_path / "tiny.json"
-    spec.write_text(json.dumps({
-        "train_dir": "CAX_Superhero_Train", "test_dir": "CAX_Superhero_Test",
-        "sample_submission": "Superhero_Submission_Format.csv", "id_column": "filename",
-        "label_column": "Superhero", "labels": {"Ant-Man": "ant_man", "Batman": "bat_man", "Hulk": "hulk"},
-    }))
+    write_tiny_spec(spec)
     work = tmp_path / "runs"
     assert main(["--data", str(data), "--competition", str(spec), "--workdir", str(work), "--study", "s", "--k", "3"]) == 0
     out = capsys.readouterr().out

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from folds.make import prepare_study
 from search.study import make_storage, open_study
-from tests.conftest import write_competition
+from tests.conftest import write_competition, write_tiny_spec
 
 PG = os.environ.get("HEROSTACK_TEST_POSTGRES")
 needs_pg = pytest.mark.skipif(not PG and not os.environ.get("HEROSTACK_REQUIRE_POSTGRES"),
@@ -32,11 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def _setup(tmp_path, study_name):
     data = write_competition(tmp_path / "data", per_class=(8, 8, 8), n_test=4, size=32)
     spec = tmp_path / "tiny.json"
-    spec.write_text(json.dumps({
-        "train_dir": "CAX_Superhero_Train", "test_dir": "CAX_Superhero_Test",
-        "sample_submission": "Superhero_Submission_Format.csv", "id_column": "filename",
-        "label_column": "Superhero", "labels": {"Ant-Man": "ant_man", "Batman": "bat_man", "Hulk": "hulk"},
-    }))
+    write_tiny_spec(spec)
     args = ["--data", str(data), "--competition", str(spec), "--study", study_name,
             "--workdir", str(tmp_path / "runs"), "--k", "2", "--backbones", "test_efficientnet",
             "--modes", "head", "--random-init", "--pruner", "none", "--heartbeat", "1", "--no-report"]

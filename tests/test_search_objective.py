@@ -13,7 +13,7 @@ from competition.io import read_probabilities
 from folds.make import prepare_study
 from search.objective import BudgetExhausted, Objective
 from search.study import open_study
-from tests.conftest import write_competition
+from tests.conftest import write_competition, write_tiny_spec
 
 
 @dataclass
@@ -43,11 +43,7 @@ def fake_fit(config, manifest, train_idx, val_idx, test_idx, *, classes, cache_r
 def study(tmp_path):
     data = write_competition(tmp_path / "data", per_class=(9, 8, 7), n_test=5)
     spec = tmp_path / "tiny.json"
-    spec.write_text(json.dumps({
-        "train_dir": "CAX_Superhero_Train", "test_dir": "CAX_Superhero_Test",
-        "sample_submission": "Superhero_Submission_Format.csv", "id_column": "filename",
-        "label_column": "Superhero", "labels": {"Ant-Man": "ant_man", "Batman": "bat_man", "Hulk": "hulk"},
-    }))
+    write_tiny_spec(spec)
     return prepare_study(data, spec, tmp_path / "runs", "s", k=3, log=lambda *a: None, progress=False)
 
 

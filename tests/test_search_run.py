@@ -1,7 +1,6 @@
 """search/: the space with FixedTrial, and `python -m search.run` end to end on a tiny competition."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,7 +15,7 @@ from optuna.trial import FixedTrial, TrialState
 from search.run import main
 from search.space import SpaceOptions, suggest_config
 from search.study import make_storage
-from tests.conftest import write_competition
+from tests.conftest import write_competition, write_tiny_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 LITE = ("efficientnet_lite0", "efficientnet_lite1")
@@ -93,11 +92,7 @@ def test_space_only_suggests_what_applies():
 def _tiny(tmp_path):
     data = write_competition(tmp_path / "data", per_class=(8, 8, 8), n_test=4, size=32)
     spec = tmp_path / "tiny.json"
-    spec.write_text(json.dumps({
-        "train_dir": "CAX_Superhero_Train", "test_dir": "CAX_Superhero_Test",
-        "sample_submission": "Superhero_Submission_Format.csv", "id_column": "filename",
-        "label_column": "Superhero", "labels": {"Ant-Man": "ant_man", "Batman": "bat_man", "Hulk": "hulk"},
-    }))
+    write_tiny_spec(spec)
     return ["--data", str(data), "--competition", str(spec), "--study", "t", "--workdir", str(tmp_path / "runs"),
             "--k", "2", "--backbones", "test_efficientnet", "--modes", "head", "--random-init", "--heartbeat", "1"]
 
