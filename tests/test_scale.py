@@ -62,19 +62,27 @@ def _check_complete(storage_url, tmp_path, study_name, n):
     return ostudy
 
 
-def _kill_one_mid_trial(storage_url, tmp_path, study_name, procs, victim):
+def _orphans(ostudy, pid):
+    return [t.number for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t.user_attrs.get("worker", {}).get("pid") == pid]
+
+
+def _kill_one_mid_trial(storage_url, tmp_path, study_name, victim, respawn):
+    """SIGKILL ``victim`` while it runs a trial; returns that trial's number. A tiny trial can end
+    between the look and the kill: then no trial is orphaned, and a fresh worker is tried."""
     storage = make_storage(storage_url, tmp_path / "runs" / study_name)
     ostudy = optuna.load_study(study_name=study_name, storage=storage)
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while time.time() < deadline:
-        running = [t for t in ostudy.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                   if t.user_attrs.get("worker", {}).get("pid") == victim.pid]
-        if running:
+        if _orphans(ostudy, victim.pid):
             victim.send_signal(signal.SIGKILL)
             victim.wait()
-            return running[0].number
-        time.sleep(0.05)
-    raise AssertionError("the victim never started a trial: " + victim.stdout.read())
+            orphaned = _orphans(ostudy, victim.pid)
+            if orphaned:
+                return orphaned[0]
+            victim = respawn()
+        time.sleep(0.02)
+    raise AssertionError("no worker was caught mid-trial: " + victim.stdout.read())
 
 
 def _scenario(tmp_path, storage_url, n_workers, n_trials, kill):
@@ -85,9 +93,15 @@ def _scenario(tmp_path, storage_url, n_workers, n_trials, kill):
     # The launcher's job: make the folds and the study once, then start the workers.
     study = prepare_study(data, spec, tmp_path / "runs", study_name, k=2, log=lambda *a: None, progress=False)
     open_study(study, storage_url, heartbeat=1)
-    procs = [_run([*args, "--trials", "1", "--target-complete", str(n_trials)]) for _ in range(n_workers)]
-    killed = _kill_one_mid_trial(storage_url, tmp_path, study_name, procs, procs[0]) if kill else None
-    for p in procs[1:] if kill else procs:
+    worker = [*args, "--trials", "1", "--target-complete", str(n_trials)]
+    procs = [_run(worker) for _ in range(n_workers)]
+    killed = None
+    if kill:
+        killed = _kill_one_mid_trial(storage_url, tmp_path, study_name, procs[0],
+                                     respawn=lambda: procs.append(_run(worker)) or procs[-1])
+    for p in procs:
+        if p.returncode == -signal.SIGKILL:
+            continue
         out, _ = p.communicate(timeout=300)
         assert p.returncode == 0, out
     ostudy = _check_complete(storage_url, tmp_path, study_name, n_trials)

@@ -129,25 +129,30 @@ def test_timeout_is_respected(tmp_path):
 def test_resume_after_kill_mid_trial(tmp_path):
     args = _tiny(tmp_path)
     env = {**os.environ, "HEROSTACK_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "search.run", *args, "--trials", "50", "--no-report"],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     study_dir = tmp_path / "runs" / "t"
-    deadline, killed = time.time() + 180, None
-    while time.time() < deadline and killed is None:
-        time.sleep(0.05)
-        if not (study_dir / "study.db").exists():
-            continue
-        try:
-            ostudy = optuna.load_study(study_name="t", storage=make_storage(None, study_dir))
-        except KeyError:
-            continue
-        trials = ostudy.get_trials(deepcopy=False)
-        done = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        if len(done) >= 2 and running:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            killed = running[0].number
+    killed, ostudy = None, None
+    for _attempt in range(5):  # a tiny trial can end between the look and the kill: try again
+        proc = subprocess.Popen([sys.executable, "-m", "search.run", *args, "--trials", "50", "--no-report"],
+                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.time() + 180
+        while time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+            if not (study_dir / "study.db").exists():
+                continue
+            try:
+                ostudy = optuna.load_study(study_name="t", storage=make_storage(None, study_dir))
+            except KeyError:
+                continue
+            trials = ostudy.get_trials(deepcopy=False)
+            done = [t for t in trials if t.state == TrialState.COMPLETE]
+            if len(done) >= 2 and any(t.state == TrialState.RUNNING for t in trials):
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                break
+        running = [t.number for t in ostudy.get_trials(states=(TrialState.RUNNING,))] if ostudy else []
+        if running:  # orphaned by the kill
+            killed = running[0]
+            break
     assert killed is not None, proc.communicate()[0]
     complete_before = {t.number for t in ostudy.get_trials(states=(TrialState.COMPLETE,))}
     time.sleep(3.5)  # the killed trial's heartbeat goes stale (grace period: 3 heartbeats)
