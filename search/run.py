@@ -139,8 +139,8 @@ def main(argv=None) -> int:
                               extra_train=extra.manifest if extra is not None else None,
                               extra_info=extra.info if extra is not None else None,
                               progress=not os.environ.get("HEROSTACK_NO_PROGRESS"))
-        total = args.trials if args.target_complete is None else args.target_complete
-        progress = ProgressCallback(total, ostudy, deadline=deadline)
+        # a worker counts its own trials; how many the study needs depends on the others
+        progress = ProgressCallback(args.trials if args.target_complete is None else None, ostudy, deadline=deadline)
         try:
             if args.target_complete is None:
                 ostudy.optimize(objective, n_trials=args.trials, timeout=args.timeout, catch=(Exception,),

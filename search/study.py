@@ -100,7 +100,7 @@ def read_exclusions(path: str | os.PathLike, study: Study) -> frozenset[str]:
 class ProgressCallback:
     """tqdm bar over this process's trials with the best score so far; stops at the deadline."""
 
-    def __init__(self, n_trials: int, study: optuna.Study, deadline: float | None = None):
+    def __init__(self, n_trials: int | None, study: optuna.Study, deadline: float | None = None):
         self.deadline = deadline
         self.bar = tqdm(total=n_trials, desc="trials", unit="trial",
                         disable=bool(os.environ.get("HEROSTACK_NO_PROGRESS")))

@@ -16,10 +16,9 @@ import pandas as pd
 
 from competition.io import atomic_write_csv, atomic_write_json, write_probabilities
 from competition.metrics import get_metric
+from competition.spec import CAX_CLASSES, CAX_LABELS  # re-exported for tests
 
 __all__ = ["SyntheticStudy", "make_study", "add_source", "noisy_proba", "CAX_CLASSES", "CAX_LABELS"]
-
-from competition.spec import CAX_CLASSES, CAX_LABELS  # noqa: E402  (re-exported for tests)
 
 
 @dataclass(frozen=True)
