@@ -2,16 +2,18 @@
 
     python bench/features.py --data /path/to/images --limit 600
 
-Three timings over the same images, batch size, device and torch threads, in one run:
+Four timings over the same images, batch size, device and torch threads, in one run:
 
-- bare:  the model's forward on pre-decoded, pre-normalized tensors (the ceiling);
+- fp32:  the plain fp32 eager forward on pre-decoded tensors (what a naive loop gets);
+- bare:  the pipeline's forward (bf16 + traced on a CPU with native bf16; see models.features)
+         on pre-decoded, pre-normalized tensors (the ceiling);
 - cold:  ``FeatureCache.get`` with empty caches: read, decode, resize, crop, normalize, forward, store;
 - warm:  the same with the decoded-image cache filled (feature cache empty again).
 
 The images are split into rounds of a few batches, and each round is timed all three ways, in
 rotating order, so that a load that drifts (a shared machine) weighs on the three alike.
 
-The model build (a fixed cost, printed apart) is left out of the rates. Targets: cold >= 0.8x
+The model build and its tracing (fixed costs, printed apart) are left out of the rates. Targets: cold >= 0.8x
 bare, warm >= 0.95x bare. Without ``--data`` a few hundred synthetic JPEGs are generated.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 from competition.images import IMAGE_EXTENSIONS  # noqa: E402
 from competition.io import sha256_file  # noqa: E402
 from models.backbones import create_backbone, data_config  # noqa: E402
-from models.features import FeatureCache, preprocess_batch, stored_size  # noqa: E402
+from models.features import FeatureCache, _Accelerated, preprocess_batch, stored_size  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=None, help="decoding threads (default: FeatureCache's)")
     p.add_argument("--chunk-batches", type=int, default=3, help="batches per round (see ORDERS)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--precision", default="auto", help="auto|fp32|bf16 (see models.features)")
     p.add_argument("--work", type=Path, default=None, help="scratch folder for the caches (default: a temp folder)")
     return p.parse_args(argv)
 
@@ -81,7 +84,7 @@ def list_images(folder: Path) -> list[Path]:
 class BareForward:
     """The model alone on pre-decoded, pre-normalized tensors, as ``FeatureCache`` runs it."""
 
-    def __init__(self, manifest: pd.DataFrame, args, device: torch.device, scratch: Path):
+    def __init__(self, manifest: pd.DataFrame, args, device: torch.device, scratch: Path, precision: str):
         cfg = data_config(args.backbone)
         self.cfg, self.args, self.device = cfg, args, device
         self.cuda = device.type == "cuda"
@@ -91,7 +94,12 @@ class BareForward:
             progress=False, interpolation=cfg["interpolation"])
         model = create_backbone(args.backbone, weights=args.weights)
         self.model = model.to(device, memory_format=torch.channels_last).eval()
-        self.run(self.batches(np.arange(min(len(self.u8), args.batch_size))))  # warm-up
+        self.fast = _Accelerated(self.model, device, precision)
+        self.naive = _Accelerated(self.model, device, "fp32")
+        self.naive.tried = True  # eager
+        warm = self.batches(np.arange(min(len(self.u8), args.batch_size)))
+        self.run(warm, self.fast)  # warm-up (and tracing)
+        self.run(warm, self.naive)
 
     def batches(self, rows: np.ndarray) -> list[torch.Tensor]:
         out = []
@@ -101,17 +109,16 @@ class BareForward:
             out.append(x.to(self.device).contiguous(memory_format=torch.channels_last))
         return out
 
-    def run(self, xs: list[torch.Tensor]) -> None:
-        with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=self.cuda):
-            for x in xs:
-                self.model(x).float().cpu()
+    def run(self, xs: list[torch.Tensor], forward: _Accelerated) -> None:
+        for x in xs:
+            forward(x).float().cpu()
         if self.cuda:
             torch.cuda.synchronize()
 
 
 # Each round times one chunk three ways; the order rotates (cold always before warm, which
 # needs cold's decoded squares) so that load drifting on a shared machine hits all three alike.
-ORDERS = (("bare", "cold", "warm"), ("cold", "bare", "warm"), ("cold", "warm", "bare"))
+ORDERS = (("fp32", "bare", "cold", "warm"), ("cold", "fp32", "bare", "warm"), ("cold", "warm", "bare", "fp32"))
 
 
 def main(argv=None) -> int:
@@ -133,15 +140,15 @@ def main(argv=None) -> int:
         work = args.work or tmp / "work"
         if work.exists():
             shutil.rmtree(work)
-        cache = FeatureCache(work / "cache", device=args.device, num_workers=args.workers)
+        cache = FeatureCache(work / "cache", device=args.device, num_workers=args.workers, precision=args.precision)
         device = cache.device
         chunk = args.chunk_batches * args.batch_size
         print(f"data: {source}  images: {len(files)} ({len(manifest)} distinct)  backbone: {args.backbone}  "
-              f"size: {args.size}  batch: {args.batch_size}  device: {device}  torch threads: "
+              f"size: {args.size}  batch: {args.batch_size}  device: {device}  precision: {cache.precision}  torch threads: "
               f"{torch.get_num_threads()}  decode threads: {cache.num_workers}  rounds of {chunk} images",
               flush=True)
-        bare = BareForward(manifest, args, device, work / "bare")
-        wall = {"bare": 0.0, "cold": 0.0, "warm": 0.0}
+        bare = BareForward(manifest, args, device, work / "bare", cache.precision)
+        wall = {"fp32": 0.0, "bare": 0.0, "cold": 0.0, "warm": 0.0}
         cpu = dict(wall)
         builds = []
         for r, start in enumerate(range(0, len(manifest), chunk)):
@@ -150,29 +157,32 @@ def main(argv=None) -> int:
             for step in ORDERS[r % len(ORDERS)]:
                 if step == "warm":  # features gone, decoded squares kept
                     shutil.rmtree(work / "cache" / "features")
-                if step == "bare":
+                if step in ("bare", "fp32"):
                     xs = bare.batches(rows)
                     t0, c0 = time.perf_counter(), time.process_time()
-                    bare.run(xs)
-                    wall["bare"] += time.perf_counter() - t0
-                    cpu["bare"] += time.process_time() - c0
+                    bare.run(xs, bare.fast if step == "bare" else bare.naive)
+                    wall[step] += time.perf_counter() - t0
+                    cpu[step] += time.process_time() - c0
                     continue
                 c0 = time.process_time()
                 cache.get(part, args.backbone, args.size, weights=args.weights, batch_size=args.batch_size,
                           progress=False)
                 st = cache.last_stats
                 assert st["forward_images"] == len(rows) and st["decoded"] == (len(rows) if step == "cold" else 0)
-                wall[step] += st["seconds"] - st["build_s"]  # the model build is a fixed cost, left out
+                wall[step] += st["seconds"] - st["build_s"] - st["trace_s"]  # fixed costs per get(), left out
                 cpu[step] += time.process_time() - c0
-                builds.append(st["build_s"])
-            print(f"  round {r + 1}: {len(rows)} images; so far bare {wall['bare']:.1f} s, cold {wall['cold']:.1f} s, "
+                builds.append(st["build_s"] + st["trace_s"])
+            print(f"  round {r + 1}: {len(rows)} images; so far fp32 {wall['fp32']:.1f} s, bare {wall['bare']:.1f} s, "
+                  f"cold {wall['cold']:.1f} s, "
                   f"warm {wall['warm']:.1f} s", flush=True)
 
         n = len(manifest)
-        print(f"\nmodel build per get(): {np.mean(builds):.2f} s (not in the rates)")
+        print(f"\nmodel build + trace per get(): {np.mean(builds):.2f} s (a fixed cost, not in the rates)")
         print(f"{'pipeline':<26}{'images/s':>9}{'x bare':>8}{'CPU ms/img':>12}  target")
         ok = True
-        for name, key, target in [("bare forward", "bare", None), ("cold (decode + forward)", "cold", 0.8),
+        for name, key, target in [("fp32 eager forward", "fp32", None),
+                                  (f"bare forward ({cache.precision})", "bare", None),
+                                  ("cold (decode + forward)", "cold", 0.8),
                                   ("warm decoded cache", "warm", 0.95)]:
             ratio = wall["bare"] / wall[key]
             mark = "" if target is None else (f">= {target:.2f}" + (" ok" if ratio >= target else " MISS"))

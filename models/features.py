@@ -14,6 +14,12 @@ Views:
   3/4-4/3), a coin-flip mirror and mild colour jitter (brightness, contrast, saturation within
   +-10 %), drawn from a generator seeded by (sha256, view): the same image and view always gets
   the same augmentation, so augmented training and TTA also work on cached features.
+
+Precision (part of every store's key, so rows of different precision never mix): fp16 autocast
+on CUDA; on a CPU with native bfloat16 (AVX512-BF16 or AMX) bf16 autocast through a traced,
+frozen graph (oneDNN fuses conv+BN+activation): 6-7x the fp32 eager rate on the 2-core dev box
+(`bench/features.py --precision`), features within cosine 0.9999 of fp32. ``HEROSTACK_PRECISION``
+(auto|fp32|bf16) or ``FeatureCache(precision=...)`` overrides.
 """
 from __future__ import annotations
 
@@ -171,6 +177,80 @@ def _resolve_device(device) -> torch.device:
     return torch.device(device)
 
 
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def cpu_bf16_supported() -> bool:
+    """True where oneDNN runs bfloat16 natively (AVX512-BF16 or AMX), so bf16 is a speed-up."""
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # an old or unusual build without the probe: stay in fp32
+        return False
+
+
+def resolve_precision(device: torch.device, precision: str = "auto") -> str:
+    """The precision feature extraction runs at on ``device``: "fp16" (CUDA), "bf16" or "fp32"."""
+    precision = os.environ.get("HEROSTACK_PRECISION", precision) if precision == "auto" else precision
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}; got {precision!r} "
+                         "(from HEROSTACK_PRECISION or FeatureCache(precision=...))")
+    if device.type == "cuda":
+        return "fp32" if precision == "fp32" else "fp16"
+    if precision == "fp16":
+        raise ValueError("precision 'fp16' needs CUDA; on the CPU use 'bf16' or 'fp32'")
+    if precision == "auto":
+        return "bf16" if cpu_bf16_supported() else "fp32"
+    return precision
+
+
+class _Accelerated:
+    """``module`` run in inference at ``precision``; on the CPU traced and frozen on first use.
+
+    torch.jit's trace + freeze lets oneDNN fuse each conv with its BN and activation (measured
+    1.6x over eager bf16 autocast, 2.9x in fp32, on the dev box). torch.compile was no faster
+    here and costs ~40 s per shape. Tracing is checked against the eager output on the first
+    batch; any failure or mismatch falls back to eager, with a log line, never to wrong rows.
+    """
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, precision: str):
+        self.module, self.device, self.precision = module, device, precision
+        self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+        self.traced = None
+        self.setup_s = 0.0  # tracing and checking it on the first call: a fixed cost per model
+        # A traced graph drops Python hooks: a module someone hooks into stays eager.
+        hooked = any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+        self.tried = device.type != "cpu" or hooked or os.environ.get("HEROSTACK_NO_JIT") == "1"
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self._autocast():
+            if not self.tried:
+                self.tried = True
+                eager = self.module(x)
+                started = time.perf_counter()
+                try:
+                    import warnings
+
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        traced = torch.jit.freeze(torch.jit.trace(self.module, x, check_trace=False))
+                        got = traced(x)
+                    cos = F.cosine_similarity(got.float().flatten(1), eager.float().flatten(1)).min().item()
+                    if got.shape != eager.shape or not cos > 0.999:
+                        raise RuntimeError(f"traced output differs from eager (min cosine {cos:.5f})")
+                    self.traced = traced
+                except Exception as e:  # noqa: BLE001 - any tracing problem means: run eager
+                    import logging
+
+                    logging.getLogger(__name__).info("running %s eagerly: tracing failed (%s)",
+                                                     type(self.module).__name__, e)
+                self.setup_s = time.perf_counter() - started
+                return eager
+            return (self.traced or self.module)(x)
+
+
 def _short(key: str) -> str:
     return key[:16] if re.fullmatch(r"[0-9a-f]{64}", key) else hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -189,10 +269,11 @@ class FeatureCache:
 
     def __init__(self, root: str | os.PathLike, device: str | torch.device = "auto", *,
                  num_workers: int | None = None, commit_every_s: float = 10.0,
-                 deadline: float | None = None):
+                 deadline: float | None = None, precision: str = "auto"):
         self.root = Path(root)
         self.deadline = deadline  # time.time() after which extraction stops (a search's --timeout)
         self.device = _resolve_device(device)
+        self.precision = resolve_precision(self.device, precision)
         self.num_workers = num_workers or max(2, min(8, os.cpu_count() or 2))
         self.commit_every_s = commit_every_s
         self.images = DecodedCache(self.root / "decoded", commit_every_s=commit_every_s)
@@ -235,7 +316,7 @@ class FeatureCache:
         cfg = data_config(backbone)
         stored = stored_size(size, cfg["crop_pct"])
         prep = {"mean": list(cfg["mean"]), "std": list(cfg["std"]), "interpolation": cfg["interpolation"],
-                "stored": stored, "aug_version": AUG_VERSION}
+                "stored": stored, "aug_version": AUG_VERSION, "precision": self.precision}
         stores = {v: self._store(backbone, info, size, prep, v, stage) for v in views}
         need = {v: {shas[i] for i in np.flatnonzero(stores[v].lookup(shas) < 0)} for v in views}
         # Stage activations come from the same forward pass as pooled features, which head
@@ -244,7 +325,8 @@ class FeatureCache:
         need_pooled = {v: {shas[i] for i in np.flatnonzero(pooled[v].lookup(shas) < 0)} for v in pooled}
         todo = [i for i in _first_index(shas)
                 if any(shas[i] in need[v] or shas[i] in need_pooled.get(v, ()) for v in views)]
-        self.last_stats = {"computed": {v: 0 for v in views}, "forward_images": 0, "decoded": 0, "build_s": 0.0}
+        self.last_stats = {"computed": {v: 0 for v in views}, "forward_images": 0, "decoded": 0, "build_s": 0.0,
+                           "trace_s": 0.0}
         started = time.perf_counter()
         if todo:
             self._compute(todo, paths, shas, backbone, info, size, stored, cfg, views, stores, need,
@@ -266,12 +348,13 @@ class FeatureCache:
         net, tail = (model, None) if stage is None else split_at_stage(model, stage)
         dtype = torch.float32 if stage is None else torch.float16
         decoded_before = len(self.images.store(stored, cfg["interpolation"]))
+        run_net = _Accelerated(net, device, self.precision)
+        run_tail = _Accelerated(tail, device, self.precision) if tail is not None else None
 
         def forward(x: torch.Tensor, with_pooled: bool = False):
             x = x.contiguous(memory_format=torch.channels_last)
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.float16, enabled=cuda):
-                out = net(x)
-                pooled_out = tail(out).float().cpu().numpy() if with_pooled else None
+            out = run_net(x)
+            pooled_out = run_tail(out).float().cpu().numpy() if with_pooled else None
             self.last_stats["forward_images"] += x.shape[0]
             return out.to(dtype).contiguous().cpu().numpy(), pooled_out
 
@@ -321,6 +404,7 @@ class FeatureCache:
                     bar.update(len(pos))
         finally:
             bar.close()
+            self.last_stats["trace_s"] = run_net.setup_s + (run_tail.setup_s if run_tail else 0.0)
             self.last_stats["decoded"] = len(self.images.store(stored, cfg["interpolation"])) - decoded_before
 
 

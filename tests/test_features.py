@@ -303,3 +303,31 @@ def _pythonpath_env():
     root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def test_precision_is_part_of_the_key_and_bf16_stays_close_to_fp32(tmp_path, images):
+    m = _manifest(images)
+    fp32 = FeatureCache(tmp_path / "c", device="cpu", commit_every_s=0.0, precision="fp32")
+    ref = _get(fp32, m, batch_size=2)["plain"]  # 5 rows, batches of 2: the last one is smaller
+    bf16 = FeatureCache(tmp_path / "c", device="cpu", commit_every_s=0.0, precision="bf16")
+    got = _get(bf16, m, batch_size=2)["plain"]
+    assert bf16.last_stats["computed"]["plain"] == 5  # fp32 rows are not served as bf16 rows
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.99 and not np.array_equal(got, ref)
+
+
+def test_traced_fp32_rows_equal_eager_rows(tmp_path, images, monkeypatch):
+    m = _manifest(images)
+    traced = _get(FeatureCache(tmp_path / "a", device="cpu", commit_every_s=0.0, precision="fp32"), m,
+                  batch_size=2)["plain"]
+    monkeypatch.setenv("HEROSTACK_NO_JIT", "1")
+    eager = _get(FeatureCache(tmp_path / "b", device="cpu", commit_every_s=0.0, precision="fp32"), m,
+                 batch_size=2)["plain"]
+    np.testing.assert_allclose(traced, eager, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("value, message", [("fp8", "precision must be one of"), ("fp16", "needs CUDA")])
+def test_bad_precision_is_refused(tmp_path, monkeypatch, value, message):
+    monkeypatch.setenv("HEROSTACK_PRECISION", value)
+    with pytest.raises(ValueError, match=message):
+        FeatureCache(tmp_path / "c", device="cpu")
