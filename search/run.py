@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workdir", default="runs", help="where studies, caches and artefacts live")
     p.add_argument("--storage", default=None, help="Optuna storage URL (default: SQLite in the study folder)")
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds (within 10%%)")
+    p.add_argument("--budget", default=None,
+                   help="a preset for a stated compute budget, e.g. cpu-2h (see search/budget.py): its timeout, "
+                        "space and first trials; explicit flags win")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where models run")
     p.add_argument("--seed", type=int, default=0, help="sampler seed")
     p.add_argument("--k", type=int, default=5, help="folds (fixed when the study is made)")
@@ -95,6 +98,13 @@ def main(argv=None) -> int:
         study_name = args.study or Path(str(competition)).stem
     device = resolve_device(args.device)
     try:
+        budget = None
+        if args.budget:
+            from search.budget import get_budget
+
+            budget = get_budget(args.budget)
+            if args.timeout is None:
+                args.timeout = budget.timeout_s
         study = prepare_study(data, competition, workdir, study_name, k=args.k, seed=args.fold_seed)
         exclude = read_exclusions(args.exclude, study) if args.exclude else frozenset()
         extra = None
@@ -106,12 +116,19 @@ def main(argv=None) -> int:
             backbones=tuple(args.backbones.split(",")) if args.backbones else default_backbones(),
             device=device,
             allow_full=args.allow_full,
-            modes=tuple(args.modes.split(",")) if args.modes else (),
+            modes=tuple(args.modes.split(",")) if args.modes else (budget.modes if budget else ()),
+            partial_stages=budget.partial_stages if budget else (),
             has_extra=extra is not None and extra.report["count"] > 0,
         )
         ostudy = open_study(study, args.storage, seed=args.seed, heartbeat=args.heartbeat,
                             prune=args.pruner != "none")
         check_space(ostudy, options)
+        if budget is not None and args.target_complete is None:
+            from search.budget import enqueue_first_trials
+
+            n_first = enqueue_first_trials(ostudy, budget, options.backbones)
+            print(f"budget {budget.name}: {budget.description}; timeout {args.timeout:.0f} s; "
+                  f"{n_first} first trials from the preset")
     except (SpecError, FoldsError, StudyMismatch, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -131,11 +131,14 @@ def check_space(study: optuna.Study, options: SpaceOptions) -> None:
     ("CategoricalDistribution does not support dynamic value space"); saying so up front, with
     what differs, beats a study full of failed trials.
     """
-    space = {"backbones": list(options.backbones), "modes": list(options.allowed_modes())}
+    space = {"backbones": list(options.backbones), "modes": list(options.allowed_modes()),
+             "partial_stages": list(options.stages())}
     recorded = study.user_attrs.get("space")
+    if recorded is not None and "partial_stages" not in recorded:  # recorded before stages were
+        space.pop("partial_stages")
     if recorded is None:
         study.set_user_attr("space", space)
     elif recorded != space:
         diff = "; ".join(f"{k} were {recorded.get(k)}, now {v}" for k, v in space.items() if recorded.get(k) != v)
         raise ValueError(f"study {study.study_name!r} searches another space: {diff}. Run with the same "
-                         "--backbones/--modes (and --allow-full or device), or use another --study.")
+                         "--budget/--backbones/--modes (and --allow-full or device), or use another --study.")
