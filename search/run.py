@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fold-seed", type=int, default=0, help="fold shuffling seed (fixed when the study is made)")
     p.add_argument("--backbones", default=None, help="comma-separated backbones to search (default: all with weights here)")
     p.add_argument("--modes", default=None, help="comma-separated training modes: head,partial,full")
+    p.add_argument("--sizes", default=None,
+                   help="comma-separated image sizes for every backbone (default: the competition's image_sizes, "
+                        "else each backbone's native size)")
     p.add_argument("--allow-full", action="store_true", help="propose full fine-tuning on a CPU too (slow)")
     p.add_argument("--exclude", default=None, help="CSV with an image_id column: images left out of training folds")
     p.add_argument("--extra-train", default=None,
@@ -75,6 +78,16 @@ def _worker_argv(argv: list[str]) -> list[str]:
             continue
         out.append(a)
     return out
+
+
+def _sizes(text: str) -> tuple[int, ...]:
+    try:
+        sizes = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"--sizes must be comma-separated integers, got {text!r}") from None
+    if any(not 32 <= v <= 2048 for v in sizes):
+        raise ValueError(f"--sizes must lie in 32..2048, got {text!r}")
+    return sizes
 
 
 def _demo_data(workdir: Path, seed: int, log=print) -> Path:
@@ -118,6 +131,7 @@ def main(argv=None) -> int:
             allow_full=args.allow_full,
             modes=tuple(args.modes.split(",")) if args.modes else (budget.modes if budget else ()),
             partial_stages=budget.partial_stages if budget else (),
+            sizes=_sizes(args.sizes) if args.sizes else study.spec.image_sizes,
             has_extra=extra is not None and extra.report["count"] > 0,
         )
         ostudy = open_study(study, args.storage, seed=args.seed, heartbeat=args.heartbeat,

@@ -132,13 +132,14 @@ def check_space(study: optuna.Study, options: SpaceOptions) -> None:
     what differs, beats a study full of failed trials.
     """
     space = {"backbones": list(options.backbones), "modes": list(options.allowed_modes()),
-             "partial_stages": list(options.stages())}
+             "partial_stages": list(options.stages()), "sizes": list(options.sizes)}
     recorded = study.user_attrs.get("space")
-    if recorded is not None and "partial_stages" not in recorded:  # recorded before stages were
-        space.pop("partial_stages")
+    for key in ("partial_stages", "sizes"):
+        if recorded is not None and key not in recorded:  # a study recorded before these were
+            space.pop(key)
     if recorded is None:
         study.set_user_attr("space", space)
     elif recorded != space:
         diff = "; ".join(f"{k} were {recorded.get(k)}, now {v}" for k, v in space.items() if recorded.get(k) != v)
         raise ValueError(f"study {study.study_name!r} searches another space: {diff}. Run with the same "
-                         "--budget/--backbones/--modes (and --allow-full or device), or use another --study.")
+                         "--budget/--backbones/--modes/--sizes (and --allow-full or device), or use another --study.")

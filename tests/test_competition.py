@@ -230,3 +230,15 @@ def test_metrics_registry():
     assert not METRICS["log_loss"].greater_is_better and METRICS["accuracy"].direction == "maximize"
     with pytest.raises(ValueError, match="unknown metric 'auc'"):
         get_metric("auc")
+
+
+def test_spec_image_sizes_are_checked_and_kept():
+    import dataclasses
+
+    from competition.spec import CompetitionSpec, SpecError, load_spec
+
+    cax = load_spec("cax-superhero")
+    with pytest.raises(SpecError, match=r"image_sizes must be integers in 32..2048, got \[16\]"):
+        dataclasses.replace(cax, image_sizes=(224, 16))
+    spec = dataclasses.replace(cax, image_sizes=(192, 256))
+    assert CompetitionSpec.from_dict(spec.to_dict()).image_sizes == (192, 256)

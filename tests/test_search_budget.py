@@ -66,3 +66,22 @@ def test_budget_sets_timeout_and_runs_its_first_trials(tmp_path, capsys, monkeyp
     trials = optuna.load_study(study_name="t", storage=storage).trials
     assert trials[0].params == first and trials[1].params != first
     assert len(trials) == 2
+
+
+def test_sizes_come_from_the_flag_or_the_competition(tmp_path, capsys):
+    from competition.spec import load_spec
+
+    assert load_spec("demo").image_sizes == (192,) and load_spec("cax-superhero").image_sizes == ()
+    args = _tiny(tmp_path)
+    assert main([*args, "--sizes", "32,x", "--trials", "1"]) == 2
+    assert "--sizes must be comma-separated integers, got '32,x'" in capsys.readouterr().err
+    assert main([*args, "--sizes", "40", "--trials", "1", "--no-report"]) == 0
+    storage = f"sqlite:///{tmp_path / 'runs' / 't' / 'study.db'}"
+    study = optuna.load_study(study_name="t", storage=storage)
+    assert study.user_attrs["space"]["sizes"] == [40]
+    import json
+
+    meta = json.loads((tmp_path / "runs" / "t" / "trials" / "0" / "meta.json").read_text())
+    assert meta["config"]["image_size"] == 40
+    assert main([*args, "--sizes", "48", "--trials", "1"]) == 2  # another size: another space
+    assert "sizes were [40], now [48]" in capsys.readouterr().err
