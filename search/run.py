@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default=None,
                    help="comma-separated image sizes for every backbone (default: the competition's image_sizes, "
                         "else each backbone's native size)")
+    p.add_argument("--pseudo-from", default=None,
+                   help="a trial number (or 'best'): train every fold also on the test images that trial's "
+                        "same-fold model predicted confidently (no validation label leaks; see docs/design.md)")
+    p.add_argument("--pseudo-threshold", type=float, default=0.9,
+                   help="smallest teacher probability for a pseudo-label (default 0.9)")
     p.add_argument("--allow-full", action="store_true", help="propose full fine-tuning on a CPU too (slow)")
     p.add_argument("--exclude", default=None, help="CSV with an image_id column: images left out of training folds")
     p.add_argument("--extra-train", default=None,
@@ -78,6 +83,28 @@ def _worker_argv(argv: list[str]) -> list[str]:
             continue
         out.append(a)
     return out
+
+
+def _pseudo(args, study, ostudy):
+    from search.objective import TEST_FOLDS, load_pseudo_labels, trial_dir
+
+    if args.pseudo_from == "best":
+        done = [t for t in ostudy.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+                if (trial_dir(study.dir, t.number) / TEST_FOLDS).is_file()]
+        if not done:
+            raise ValueError("--pseudo-from best: no complete trial with per-fold test probabilities yet")
+        pick = max if ostudy.direction == optuna.study.StudyDirection.MAXIMIZE else min
+        teacher = pick(done, key=lambda t: t.value).number
+    else:
+        try:
+            teacher = int(args.pseudo_from)
+        except ValueError:
+            raise ValueError(f"--pseudo-from takes a trial number or 'best', got {args.pseudo_from!r}") from None
+    pseudo = load_pseudo_labels(study, teacher, args.pseudo_threshold)
+    counts = [len(pseudo.rows(k)[0]) for k in range(len(pseudo.proba))]
+    print(f"pseudo-labels from trial {teacher} at p >= {args.pseudo_threshold}: {min(counts)}-{max(counts)} of "
+          f"{pseudo.proba.shape[1]} test images per fold")
+    return pseudo
 
 
 def _sizes(text: str) -> tuple[int, ...]:
@@ -137,6 +164,7 @@ def main(argv=None) -> int:
         ostudy = open_study(study, args.storage, seed=args.seed, heartbeat=args.heartbeat,
                             prune=args.pruner != "none")
         check_space(ostudy, options)
+        pseudo = _pseudo(args, study, ostudy) if args.pseudo_from else None
         if budget is not None and args.target_complete is None:
             from search.budget import enqueue_first_trials
 
@@ -168,7 +196,7 @@ def main(argv=None) -> int:
                               cache_root=workdir / "cache", device=device, deadline=deadline,
                               exclude_ids=exclude, exclude_from_validation=args.exclude_from_validation,
                               extra_train=extra.manifest if extra is not None else None,
-                              extra_info=extra.info if extra is not None else None,
+                              extra_info=extra.info if extra is not None else None, pseudo=pseudo,
                               progress=not os.environ.get("HEROSTACK_NO_PROGRESS"))
         # a worker counts its own trials; how many the study needs depends on the others
         progress = ProgressCallback(args.trials if args.target_complete is None else None, ostudy, deadline=deadline)

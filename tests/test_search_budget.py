@@ -85,3 +85,16 @@ def test_sizes_come_from_the_flag_or_the_competition(tmp_path, capsys):
     assert meta["config"]["image_size"] == 40
     assert main([*args, "--sizes", "48", "--trials", "1"]) == 2  # another size: another space
     assert "sizes were [40], now [48]" in capsys.readouterr().err
+
+
+def test_pseudo_from_best_runs_end_to_end(tmp_path, capsys):
+    import json
+
+    args = [*_tiny(tmp_path), "--no-report"]
+    assert main([*args, "--pseudo-from", "best", "--trials", "1"]) == 2
+    assert "no complete trial with per-fold test probabilities" in capsys.readouterr().err
+    assert main([*args, "--trials", "1"]) == 0
+    assert main([*args, "--pseudo-from", "best", "--pseudo-threshold", "0.01", "--trials", "1"]) == 0
+    assert "pseudo-labels from trial 0 at p >= 0.01: 4-4 of 4 test images per fold" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "runs" / "t" / "trials" / "1" / "meta.json").read_text())
+    assert meta["pseudo"] == {"teacher": 0, "threshold": 0.01, "rows_per_fold": [4, 4]}

@@ -108,3 +108,56 @@ def test_study_refuses_other_data(study, tmp_path):
     ostudy.set_user_attr("folds_hash", "somethingelse")
     with pytest.raises(ValueError, match="belongs to other data: folds_hash"):
         open_study(study, None)
+
+
+def test_pseudo_labels_come_from_the_same_folds_teacher(study, tmp_path):
+    from search.objective import TEST_FOLDS, load_pseudo_labels
+
+    ostudy = open_study(study, None, heartbeat=1)
+    ostudy.enqueue_trial({"skill": 1.0})
+    ostudy.optimize(_objective(study, tmp_path), n_trials=1)
+    folder = study.dir / "trials" / "0"
+    per_fold = np.load(folder / TEST_FOLDS)
+    classes = list(study.spec.classes)
+    test = read_probabilities(folder / "test.csv", classes)
+    assert per_fold.shape == (3, 5, len(classes))
+    np.testing.assert_allclose(per_fold.mean(0), test[classes].to_numpy(), atol=1e-6)
+
+    threshold = float(np.median(per_fold.max(axis=2)))
+    pseudo = load_pseudo_labels(study, 0, threshold)
+    seen = []
+
+    def spy_fit(config, manifest, train_idx, val_idx, test_idx, **kw):
+        split = manifest.split.to_numpy()
+        rows = manifest.iloc[[i for i in train_idx if split[i] == "pseudo"]]
+        seen.append((rows.image_id.str.removeprefix("pseudo:").tolist(), rows.label.tolist()))
+        assert not set(manifest.image_id.to_numpy()[train_idx]) & set(manifest.image_id.to_numpy()[val_idx])
+        return fake_fit({"skill": 1.0}, manifest.assign(split=np.where(split == "pseudo", "train", split)),
+                        train_idx, val_idx, test_idx, **kw)
+
+    objective = Objective(study=study, suggest=lambda t: {"skill": t.suggest_float("skill", 0.0, 2.0)},
+                          cache_root=tmp_path / "cache", fit_fn=spy_fit, pseudo=pseudo)
+    ostudy.optimize(objective, n_trials=1)
+    test_ids = test.image_id.tolist()
+    for fold, (ids, labels) in enumerate(seen):
+        p = per_fold[fold]
+        want = [i for i, row in zip(test_ids, p) if row.max() >= threshold]
+        assert ids == want and labels == [classes[p[test_ids.index(i)].argmax()] for i in ids]
+    assert 0 < sum(len(ids) for ids, _ in seen) < 3 * 5  # the threshold left some out
+    meta = json.loads((study.dir / "trials" / "1" / "meta.json").read_text())
+    assert meta["pseudo"] == {"teacher": 0, "threshold": threshold, "rows_per_fold": [len(i) for i, _ in seen]}
+
+
+def test_pseudo_teacher_mismatches_are_refused(study, tmp_path):
+    from search.objective import TEST_FOLDS, load_pseudo_labels
+
+    with pytest.raises(FileNotFoundError, match="teacher trial 7 has no artefacts"):
+        load_pseudo_labels(study, 7, 0.9)
+    ostudy = open_study(study, None, heartbeat=1)
+    ostudy.enqueue_trial({"skill": 1.0})
+    ostudy.optimize(_objective(study, tmp_path), n_trials=1)
+    with pytest.raises(ValueError, match=r"must be in \(0, 1\], got 0.0"):
+        load_pseudo_labels(study, 0, 0.0)
+    (study.dir / "trials" / "0" / TEST_FOLDS).unlink()
+    with pytest.raises(FileNotFoundError, match="has no test_folds.npy"):
+        load_pseudo_labels(study, 0, 0.9)
