@@ -19,6 +19,10 @@ __all__ = ["Budget", "BUDGETS", "get_budget", "enqueue_first_trials"]
 _PARTIAL = {"mode": "partial", "stage": 5, "lr": 3e-3, "lr_ratio": 1 / 3, "epochs": 6, "dropout": 0.2,
             "label_smoothing": 0.1, "weight_decay": 1e-2, "class_weight": "none", "train_views": 1,
             "tta_views": 1, "flip": True}
+# Full fine-tuning on a GPU: the staged recipe at native + 64 px, two cosine cycles (4 + 8 epochs).
+_FULL = {"mode": "full", "size_offset": 64, "lr": 1e-3, "lr_ratio": 1 / 3, "epochs": 12, "cycles": 2,
+         "cycle_mult": 2, "frozen_epochs": 1, "randaug_magnitude": 9, "mixup": 0.2, "dropout": 0.2,
+         "label_smoothing": 0.1, "weight_decay": 1e-2, "class_weight": "none", "flip": True}
 _HEAD = {"mode": "head", "head": "linear", "lr": 3e-3, "epochs": 30, "label_smoothing": 0.1,
          "weight_decay": 1e-3, "class_weight": "none", "train_views": 2, "tta_views": 2, "flip": True}
 
@@ -28,7 +32,7 @@ class Budget:
     name: str
     description: str
     device: str  # "cpu" or "cuda": the preset is refused elsewhere
-    timeout_s: float  # the search's share of the budget
+    timeout_s: float | None  # the search's share of the budget; None: run the --trials asked for
     partial_stages: tuple[int, ...] = ()
     modes: tuple[str, ...] = ()
     first_trials: tuple[dict, ...] = field(default=())
@@ -55,6 +59,22 @@ BUDGETS: dict[str, Budget] = {
             {"backbone": "efficientnet_lite2", **_HEAD},
             {"backbone": "efficientnet_lite0", **{**_PARTIAL, "stage": 6, "epochs": 8, "train_views": 1,
                                                    "lr": 5e-3}},
+        ),
+    ),
+    "gpu-100": Budget(
+        name="gpu-100",
+        description="one modern GPU, `--trials 100`: full fine-tuning of every backbone first, then TPE "
+                    "over full, partial and head trials (estimated 1.5-4 h for 100 trials on CAX; not yet "
+                    "measured on a GPU)",
+        device="cuda",
+        timeout_s=None,
+        modes=("head", "partial", "full"),
+        first_trials=(
+            {"backbone": "efficientnet_lite2", **_FULL},
+            {"backbone": "efficientnet_lite0", **_FULL},
+            {"backbone": "efficientnet_lite1", **_FULL},
+            {"backbone": "efficientnet_lite2", **{**_PARTIAL, "size_offset": 64, "epochs": 10, "train_views": 4,
+                                                   "tta_views": 2}},
         ),
     ),
 }

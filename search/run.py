@@ -143,6 +143,9 @@ def main(argv=None) -> int:
             from search.budget import get_budget
 
             budget = get_budget(args.budget)
+            if budget.device == "cuda" and device != "cuda":
+                raise ValueError(f"--budget {budget.name} is a GPU preset and torch sees no CUDA device here "
+                                 f"(--device {args.device}); on a CPU use --budget cpu-2h")
             if args.timeout is None:
                 args.timeout = budget.timeout_s
         study = prepare_study(data, competition, workdir, study_name, k=args.k, seed=args.fold_seed)
@@ -169,7 +172,8 @@ def main(argv=None) -> int:
             from search.budget import enqueue_first_trials
 
             n_first = enqueue_first_trials(ostudy, budget, options.backbones)
-            print(f"budget {budget.name}: {budget.description}; timeout {args.timeout:.0f} s; "
+            limit = f"timeout {args.timeout:.0f} s" if args.timeout else "no timeout"
+            print(f"budget {budget.name}: {budget.description}; {limit}; "
                   f"{n_first} first trials from the preset")
     except (SpecError, FoldsError, StudyMismatch, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)

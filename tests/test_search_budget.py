@@ -98,3 +98,8 @@ def test_pseudo_from_best_runs_end_to_end(tmp_path, capsys):
     assert "pseudo-labels from trial 0 at p >= 0.01: 4-4 of 4 test images per fold" in capsys.readouterr().out
     meta = json.loads((tmp_path / "runs" / "t" / "trials" / "1" / "meta.json").read_text())
     assert meta["pseudo"] == {"teacher": 0, "threshold": 0.01, "rows_per_fold": [4, 4]}
+
+
+def test_gpu_preset_is_refused_without_cuda(tmp_path, capsys):
+    assert main([*_tiny(tmp_path), "--budget", "gpu-100", "--device", "cpu", "--trials", "1"]) == 2
+    assert "--budget gpu-100 is a GPU preset and torch sees no CUDA device" in capsys.readouterr().err
