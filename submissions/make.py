@@ -56,6 +56,11 @@ def build_submission(study: Study, source: Source) -> tuple[pd.DataFrame, np.nda
     test_ids = test["image_id"].tolist()
     test_set, sample_set = set(test_ids), set(sample_ids)
     missing = [i for i in sample_ids if i not in test_set]
+    # A test image the scan could not decode has no prediction; it gets the training class prior
+    # (said out loud), so one broken file does not cost the whole submission.
+    unreadable = set(study.unreadable_test_ids())
+    filled = [i for i in missing if i in unreadable]
+    missing = [i for i in missing if i not in unreadable]
     extra = [i for i in test_ids if i not in sample_set]
     problems = []
     if missing:
@@ -70,6 +75,11 @@ def build_submission(study: Study, source: Source) -> tuple[pd.DataFrame, np.nda
     if problems:
         raise SourceError(problems)
 
+    if filled:
+        print(f"warning: {len(filled)} test images could not be decoded (scan_report.json) and get the training "
+              f"class prior: {examples(filled)}", file=sys.stderr)
+        prior = pd.DataFrame([study.class_prior()] * len(filled), columns=study.classes).assign(image_id=filled)
+        test = pd.concat([test, prior], ignore_index=True)
     # Join on ids, never on position: the sample's order is the submission's order.
     proba = test.set_index("image_id").loc[sample_ids, study.classes].to_numpy(dtype=np.float64)
     label_of = study.label_of

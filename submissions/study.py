@@ -49,6 +49,25 @@ class Study:
     def classes(self) -> list[str]:
         return list(self.spec["classes"])
 
+    def unreadable_test_ids(self) -> list[str]:
+        """Ids of the test images the scan could not decode (``scan_report.json``): no model saw them."""
+        path = self.dir / "scan_report.json"
+        if not path.is_file():
+            return []
+        report = read_json(path)
+        stem = self.spec.get("id_format", "stem") == "stem"
+        return [Path(u["path"]).stem if stem else Path(u["path"]).name
+                for u in report.get("unreadable", []) if u.get("split") == "test"]
+
+    def class_prior(self) -> np.ndarray:
+        """Training label frequencies in class order (``folds.csv``), the best guess without a picture."""
+        path = self.dir / "folds.csv"
+        if not path.is_file():
+            return np.full(len(self.classes), 1 / len(self.classes))
+        labels = pd.read_csv(path, usecols=["label"], dtype=str).label
+        counts = labels.value_counts().reindex(self.classes).fillna(0).to_numpy(dtype=float)
+        return counts / counts.sum() if counts.sum() else np.full(len(self.classes), 1 / len(self.classes))
+
     @property
     def submission_labels(self) -> list[str]:
         """The contest's spelling of each class; an empty list in the spec means the class names."""

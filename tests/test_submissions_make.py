@@ -192,3 +192,25 @@ def test_empty_submission_labels_mean_class_names(synth):
     add_source(synth, "trial", "0", accuracy=0.7, seed=1)
     made = make_submission(load_study(synth.workdir, synth.name), "auto")
     assert set(pd.read_csv(made.path)["Superhero"]) <= set(synth.classes)
+
+
+def test_unreadable_test_images_get_the_class_prior(synth, capsys):
+    """A test image the scan could not decode has no prediction: it gets the training prior, loudly."""
+    broken = list(synth.test_ids[:2])
+    add_source(synth, "trial", "0", accuracy=0.7, seed=1, test_ids=list(synth.test_ids[2:]))
+    report = {"unreadable": [{"path": f"/data/test/{i}.jpg", "split": "test", "error": "OSError: truncated"}
+                             for i in broken]}
+    (synth.dir / "scan_report.json").write_text(json.dumps(report))
+    labels = [synth.classes[1]] * 5 + [synth.classes[0]] * 2
+    pd.DataFrame({"image_id": [f"t{i}" for i in range(7)], "fold": 0, "label": labels}).to_csv(
+        synth.dir / "folds.csv", index=False)
+    made = make_submission(load_study(synth.workdir, synth.name), "auto")
+    assert "2 test images could not be decoded (scan_report.json) and get the training class prior" in \
+        capsys.readouterr().err
+    sub = pd.read_csv(made.path, dtype=str)
+    assert len(sub) == len(synth.test_ids)
+    assert set(sub.set_index("filename").loc[broken, "Superhero"]) == {CAX_LABELS[1]}  # the majority class
+    # an id missing for any other reason is still an error
+    add_source(synth, "trial", "1", accuracy=0.9, seed=2, test_ids=list(synth.test_ids[3:]))
+    with pytest.raises(SourceError, match="lacks 1 of 20 sample ids"):
+        make_submission(load_study(synth.workdir, synth.name), "trial:1")
