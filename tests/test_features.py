@@ -331,3 +331,17 @@ def test_bad_precision_is_refused(tmp_path, monkeypatch, value, message):
     monkeypatch.setenv("HEROSTACK_PRECISION", value)
     with pytest.raises(ValueError, match=message):
         FeatureCache(tmp_path / "c", device="cpu")
+
+
+def test_a_failed_trace_falls_back_to_eager_rows(tmp_path, images, monkeypatch):
+    m = _manifest(images)
+    monkeypatch.setenv("HEROSTACK_NO_JIT", "1")
+    eager = _get(FeatureCache(tmp_path / "a", device="cpu", commit_every_s=0.0, precision="fp32"), m)["plain"]
+    monkeypatch.delenv("HEROSTACK_NO_JIT")
+
+    def broken_trace(*args, **kwargs):
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(torch.jit, "trace", broken_trace)
+    got = _get(FeatureCache(tmp_path / "b", device="cpu", commit_every_s=0.0, precision="fp32"), m)["plain"]
+    np.testing.assert_allclose(got, eager, atol=1e-5, rtol=1e-5)
