@@ -161,6 +161,9 @@ class Objective:
         if self.pseudo is not None:
             trial.set_user_attr("pseudo", {"teacher": self.pseudo.teacher, "threshold": self.pseudo.threshold})
         config = self.suggest(trial)
+        for key in ("image_size", "stage"):  # derived, not always a parameter: the summary shows them
+            if getattr(config, key, None) is not None:
+                trial.set_user_attr(key, int(getattr(config, key)))
         spec, folds = self.study.spec, self.study.folds
         metric = get_metric(spec.metric)
         classes = list(spec.classes)

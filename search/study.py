@@ -141,8 +141,9 @@ def summary_table(ostudy: optuna.Study, study: Study, top: int = 10) -> str:
             "trial": t.number,
             study.spec.metric: f"{t.value:.4f} ± {t.user_attrs.get('score_std', float('nan')):.4f}",
             "backbone": p.get("backbone"),
-            "size": p.get("image_size", ""),
-            "mode": p.get("mode"),
+            "size": p.get("image_size", t.user_attrs.get("image_size", "")),
+            "mode": p.get("mode", "") + (f"@{t.user_attrs['stage']}" if p.get("mode") == "partial"
+                                         and "stage" in t.user_attrs else ""),
             "lr": f"{p['lr']:.2g}" if "lr" in p else "",
             "epochs": p.get("epochs", ""),
             "views": f"{p.get('train_views', '')}/{p.get('tta_views', '')}",
