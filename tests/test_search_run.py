@@ -10,6 +10,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.trial import FixedTrial, TrialState
 
 from search.run import main
@@ -141,7 +142,7 @@ def test_resume_after_kill_mid_trial(tmp_path):
                 continue
             try:
                 ostudy = optuna.load_study(study_name="t", storage=make_storage(None, study_dir))
-            except KeyError:
+            except (KeyError, sqlalchemy.exc.OperationalError):  # not there yet, or its schema is being made
                 continue
             trials = ostudy.get_trials(deepcopy=False)
             done = [t for t in trials if t.state == TrialState.COMPLETE]
