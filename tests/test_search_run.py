@@ -132,6 +132,7 @@ def test_resume_after_kill_mid_trial(tmp_path):
     env = {**os.environ, "HEROSTACK_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1"}
     study_dir = tmp_path / "runs" / "t"
     killed, ostudy = None, None
+    make_storage(None, study_dir)  # the schema exists before the worker starts: no create race with our polls
     for _attempt in range(5):  # a tiny trial can end between the look and the kill: try again
         proc = subprocess.Popen([sys.executable, "-m", "search.run", *args, "--trials", "50", "--no-report"],
                                 cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
