@@ -27,10 +27,12 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import re
 import time
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -213,7 +215,7 @@ class _Accelerated:
     """
 
     def __init__(self, module: torch.nn.Module, device: torch.device, precision: str):
-        self.module, self.device, self.precision = module, device, precision
+        self.module, self.device = module, device
         self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
         self.traced = None
         self.setup_s = 0.0  # tracing and checking it on the first call: a fixed cost per model
@@ -231,8 +233,6 @@ class _Accelerated:
                 eager = self.module(x)
                 started = time.perf_counter()
                 try:
-                    import warnings
-
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
                         traced = torch.jit.freeze(torch.jit.trace(self.module, x, check_trace=False))
@@ -242,8 +242,6 @@ class _Accelerated:
                         raise RuntimeError(f"traced output differs from eager (min cosine {cos:.5f})")
                     self.traced = traced
                 except Exception as e:  # noqa: BLE001 - any tracing problem means: run eager
-                    import logging
-
                     logging.getLogger(__name__).info("running %s eagerly: tracing failed (%s)",
                                                      type(self.module).__name__, e)
                 self.setup_s = time.perf_counter() - started

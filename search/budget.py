@@ -89,8 +89,7 @@ def get_budget(name: str) -> Budget:
 
 def enqueue_first_trials(study, budget: Budget, backbones: tuple[str, ...]) -> int:
     """Enqueue the preset's first trials once (a rerun of the same command does not repeat them)."""
-    n = 0
-    for params in budget.trials_for(backbones):
+    trials = budget.trials_for(backbones)
+    for params in trials:
         study.enqueue_trial(params, skip_if_exists=True)
-        n += 1
-    return n
+    return len(trials)

@@ -18,7 +18,7 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from competition.io import atomic_write_json, write_probabilities
+from competition.io import atomic_write_json, read_json, write_probabilities
 from competition.metrics import get_metric
 from folds.make import Study
 
@@ -80,8 +80,6 @@ class PseudoLabels:
 
 def load_pseudo_labels(study: Study, teacher: int, threshold: float) -> PseudoLabels:
     """Load trial ``teacher``'s per-fold test probabilities, refusing any mismatch by name."""
-    import json
-
     if not 0.0 < threshold <= 1.0:
         raise ValueError(f"--pseudo-threshold must be in (0, 1], got {threshold}")
     folder = trial_dir(study.dir, teacher)
@@ -91,7 +89,7 @@ def load_pseudo_labels(study: Study, teacher: int, threshold: float) -> PseudoLa
     if not path.is_file():
         raise FileNotFoundError(f"teacher trial {teacher} has no {TEST_FOLDS} (made before per-fold test "
                                 f"probabilities were kept); pick a newer trial")
-    meta = json.loads((folder / "meta.json").read_text())
+    meta = read_json(folder / "meta.json")
     if meta.get("folds_hash") != study.folds_hash:
         raise ValueError(f"teacher trial {teacher} was made on other folds ({meta.get('folds_hash')} != "
                          f"{study.folds_hash})")
